@@ -20,7 +20,6 @@ Conventions shared by all three:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -57,6 +56,14 @@ def teacher_forcing_io(
     tgt_out = torch.cat([body, torch.full((n, 1), PAD, dtype=torch.long, device=tokens.device)], 1)
     tgt_out.scatter_(1, lengths.long().unsqueeze(1), EOS)
     return tgt_in, tgt_out
+
+
+def _check_banned(banned: Sequence[int]) -> None:
+    if EOS in banned:
+        raise ValueError(
+            f"banned={tuple(banned)} contains <eos> ({EOS}); a sequence could never end. "
+            f"Ban only tokens that must never be produced, e.g. {BANNED_TOKENS}."
+        )
 
 
 def _step_limits(max_len: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -137,6 +144,7 @@ def greedy(
     Returns ``(tokens [B, L] long, lengths [B] long)``: tokens without ``<bos>``/``<eos>``,
     ``<pad>`` after each sequence's end, L = ``lengths.max()``.
     """
+    _check_banned(banned)
     enc = model.encode(src, src_len)
     limits = _step_limits(max_len, src.size(0), src.device)
     tokens, lengths, _ = _rollout(model, enc, limits, lambda lp: lp.argmax(-1), banned)
@@ -170,6 +178,7 @@ def sample(
         raise ValueError(f"sample: temperature={temperature} must be > 0 (use greedy for 0).")
     if num_samples < 1:
         raise ValueError(f"sample: num_samples={num_samples} must be ≥ 1.")
+    _check_banned(banned)
     enc = model.expand_encoder(model.encode(src, src_len), num_samples)
     limits = _step_limits(max_len, src.size(0), src.device).repeat_interleave(num_samples)
 
@@ -230,6 +239,7 @@ def beam_search(
         raise ValueError(f"beam_search: beam_size={beam_size} must be ≥ 1.")
     if length_penalty < 0:
         raise ValueError(f"beam_search: length_penalty={length_penalty} must be ≥ 0.")
+    _check_banned(banned)
     k = beam_size
     n_src = src.size(0)
     device = src.device
