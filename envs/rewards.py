@@ -157,7 +157,7 @@ def _pack(
         raise ValueError(f"got {len(hyps)} hypotheses but {len(refs_list)} reference sets")
     h_lens = np.array(list(map(len, hyps)), dtype=np.int64)
     h_flat = np.concatenate(hyps).astype(np.int64, copy=False) if h_lens.sum() else np.zeros(0, np.int64)
-    if all(isinstance(r, np.ndarray) and r.ndim == 1 for r in refs_list):
+    if all(type(r) is np.ndarray for r in refs_list) and all(r.ndim == 1 for r in refs_list):
         flat_refs: Sequence[Sequence[int]] = refs_list
         n_refs = np.ones(len(refs_list), dtype=np.int64)
     else:
@@ -200,7 +200,7 @@ def _prefix_stats(
     tok = np.concatenate([h_flat, r_flat])
     if tok.size and tok.min() < 0:
         raise ValueError(f"token ids must be >= 0; found {int(tok.min())}")
-    pos = np.concatenate([_positions(h_lens), _positions(r_lens)])
+    pos = _positions(np.concatenate([h_lens, r_lens]))
     slot = np.repeat(slot_of_ref, r_lens)  # [Nr] reference index of each reference token
     n_all = len(tok)
 
