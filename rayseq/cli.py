@@ -58,9 +58,76 @@ def _run_data(args: argparse.Namespace) -> int:
     raise AssertionError(args.data)
 
 
+def _add_module_command(name: str, module: str, help_text: str):
+    """A subcommand whose module provides ``add_arguments(parser)`` and ``run(args)``."""
+    import importlib
+
+    def add(sub: argparse._SubParsersAction) -> None:
+        importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_text))
+
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).run(args)
+
+    return add, run
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from rayseq.config import PRESETS
+    from rayseq.data.tasks import TASKS
+    from rayseq.registry import ALGORITHMS
+
+    p = sub.add_parser("train", help="train an algorithm on a task (in-process Ray or a cluster)")
+    p.add_argument("--algo", help=f"algorithm: {', '.join(ALGORITHMS)}")
+    p.add_argument("--task", default="multi30k", help=f"task: {', '.join(TASKS)} (default multi30k)")
+    p.add_argument("--preset", default="cpu", help=f"preset: {', '.join(PRESETS)} (default cpu)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run directory (default runs/ALGO-TASK-PRESET-seedN)")
+    p.add_argument("--config", help="YAML file of settings (same keys as the overrides)")
+    p.add_argument("--data-dir", help="folder with the task's files (iwslt14)")
+    p.add_argument("--num-learners", type=int, help="remote learner processes (0: in the driver)")
+    p.add_argument("--num-gpus-per-learner", type=float, help="default: 1 when CUDA is available, else 0")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private in-process Ray)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. epochs=5 algo.lr=0.3 model.dropout=0.2")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from rayseq.config import apply_overrides, build_run_config, from_dict
+    from rayseq.registry import get_algorithm
+    from rayseq.run_dir import read_run_json
+    from rayseq.train import train
+
+    cli = {
+        "seed": args.seed,
+        "data_dir": args.data_dir,
+        "num_learners": args.num_learners,
+        "num_gpus_per_learner": args.num_gpus_per_learner,
+    }
+    if args.resume:
+        old = read_run_json(args.resume)
+        if args.algo and args.algo != old.get("algo"):
+            raise ValueError(f"--algo {args.algo} but {args.resume} is a {old.get('algo')} run; drop --algo to resume it")
+        cfg = from_dict(old, get_algorithm(old["algo"]).config_cls, source=f"{args.resume}/run.json")
+        cfg = apply_overrides(cfg, args.overrides, out=args.resume, **cli)
+    else:
+        if not args.algo:
+            raise ValueError("--algo is required (or --resume RUN_DIR)")
+        entry = get_algorithm(args.algo)
+        cfg = build_run_config(
+            args.algo, entry.config_cls, args.preset, args.task, args.overrides, args.config, out=args.out, **cli
+        )
+    results = train(cfg, resume=bool(args.resume), address=args.address)
+    print(json.dumps({"run_dir": cfg.out, "bleu_test": results["test"]["bleu"], "sacrebleu_test": results["test"]["sacrebleu"],
+                      "bleu_valid_best": results["bleu/valid"], "epochs": results["epochs"], "wall_time_s": round(results["wall_time_s"], 1)}))
+    return 0
+
+
 _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
+    "train": (_add_train, _run_train),
     "bench": (_add_bench, _run_bench),
     "data": (_add_data, _run_data),
+    "eval": _add_module_command("eval", "rayseq.commands.evaluate", "BLEU of a trained run on a split or files"),
+    "translate": _add_module_command("translate", "rayseq.commands.translate", "translate tokenized stdin to stdout"),
 }
 
 

@@ -91,9 +91,21 @@ IWSLT14 = TaskSpec(
     ),
 )
 
+TOY = TaskSpec(
+    name="toy",
+    src_lang="src",
+    tgt_lang="tgt",
+    file_pattern="{split}.{lang}",
+    splits=(("train", "train"), ("valid", "valid"), ("test", "test")),
+    min_freq=1,  # 8 symbols, all frequent (see rayseq/data/toy.py)
+    shipped=True,
+    prepare_hint="These files ship with rayseq (regenerate with `python -m rayseq.data.toy`).",
+)
+
 TASKS: dict[str, TaskSpec] = {
     MULTI30K.name: MULTI30K,
     IWSLT14.name: IWSLT14,
+    TOY.name: TOY,
 }
 
 

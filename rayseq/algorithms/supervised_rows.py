@@ -1,0 +1,52 @@
+"""Training rows for the supervised-style objectives (MLE, RAML), built from dataset pairs.
+
+A row is one target sequence to score: ``src`` [N, S], ``src_len`` [N], ``tgt_in`` [N, T+1]
+(bos + y), ``tgt_out`` [N, T+1] (y + eos), ``weight`` [N]. MLE has one row per pair with weight 1;
+RAML has K rows per pair (the reference and its samples) weighted by softmax(BLEU/τ), Eq. (1).
+Plain numpy: the runtime ships these arrays to the learners.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rayseq.algorithms.raml import RAMLConfig, draw_raml_samples, raml_weights, sample_bleus
+from rayseq.data.batching import pad_batch
+from rayseq.models.base import BOS, EOS, PAD
+
+
+def _rows(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray], weight: np.ndarray) -> dict[str, np.ndarray]:
+    src_pad, src_len = pad_batch(list(src), pad=PAD)  # [N, S], [N]
+    tgt_in, _ = pad_batch(list(tgt), pad=PAD, bos=BOS)  # [N, T+1]
+    tgt_out, _ = pad_batch(list(tgt), pad=PAD, eos=EOS)  # [N, T+1]
+    return {
+        "src": src_pad,
+        "src_len": src_len,
+        "tgt_in": tgt_in,
+        "tgt_out": tgt_out,
+        "weight": np.asarray(weight, dtype=np.float32),
+    }
+
+
+def mle_rows(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """One row per pair, weight 1: the loss is the mean token-NLL sum over the batch."""
+    return _rows(src, tgt, np.ones(len(src), dtype=np.float32))
+
+
+def raml_rows(
+    src: Sequence[np.ndarray],
+    tgt: Sequence[np.ndarray],
+    cfg: RAMLConfig,
+    vocab_size: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """K rows per pair: the reference and its samples, weights softmax(BLEU/τ [+ log w]) per pair."""
+    samples, log_w = zip(*(draw_raml_samples(np.asarray(y), cfg, vocab_size, rng) for y in tgt))
+    bleus = sample_bleus(samples, list(tgt), smooth=cfg.bleu_smooth)  # [B, K]
+    weights = raml_weights(torch.from_numpy(bleus), cfg.tau, torch.from_numpy(np.stack(log_w)))  # [B, K]
+    k = cfg.samples_per_source
+    rows_src = [s for s in src for _ in range(k)]
+    rows_tgt = [y for per_pair in samples for y in per_pair]
+    return _rows(rows_src, rows_tgt, weights.reshape(-1).numpy())

@@ -1,0 +1,281 @@
+"""Metric names every algorithm shares, and the one place they are written.
+
+``MetricsWriter(run_dir).log(step, epoch, {LOSS_MLE: 2.1, LR: 0.6})`` appends one JSON object per
+line to ``RUN_DIR/metrics.jsonl`` (``{"step", "epoch", "time_s", <metrics>}``, flushed at once) and
+mirrors the numbers to TensorBoard (``RUN_DIR/tb``). ``read_metrics`` reads the file back;
+``plot_learning_curve`` draws validation BLEU against epoch and wall time, and the training losses
+against step.
+
+No ray. matplotlib and tensorboardX are imported only when used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import numbers
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Mapping
+
+from rayseq.run_dir import METRICS_JSONL, atomic_write_bytes
+
+# ----------------------------------------------------------------------------- shared names
+
+LOSS_ACTOR = "loss/actor"
+LOSS_CRITIC_TD = "loss/critic_td"
+LOSS_MLE = "loss/mle"
+ENTROPY = "entropy"
+BLEU_VALID = "bleu/valid"
+BLEU_TEST = "bleu/test"
+TOKENS_PER_S = "throughput/tokens_per_s"
+POLICY_LAG = "policy_lag"
+LR = "lr"
+GRAD_NORM = "grad_norm"
+EPOCH_TIME_S = "time/epoch_s"
+
+METRIC_NAMES: dict[str, str] = {
+    LOSS_ACTOR: "the loss the actor is trained on (MLE NLL, RAML Eq. 2, ERAC/AC actor Eq. 20, VAML step 2)",
+    LOSS_CRITIC_TD: "squared TD error: ERAC/AC critic Eq. 18 (target Eq. 19), VAML Q-net Eq. 16",
+    LOSS_MLE: "reference NLL (summed over time, batch mean), e.g. ERAC's auxiliary λ_mle term",
+    ENTROPY: "mean per-token entropy of the actor's policy π(·|s), in nats",
+    BLEU_VALID: "corpus BLEU-4 (0-100) on the validation split (or its first valid_max_sentences)",
+    BLEU_TEST: "corpus BLEU-4 (0-100) on the test split",
+    TOKENS_PER_S: "target tokens trained on per second of wall time",
+    POLICY_LAG: "learner updates between the weights that produced a sample and those trained on it",
+    LR: "current learning rate of the actor",
+    GRAD_NORM: "global L2 norm of the actor's gradient before clipping",
+    EPOCH_TIME_S: "wall-clock seconds of the last epoch (training and validation)",
+}
+"""Every shared metric name → what it measures. Log these names; others are allowed but
+should only be added here once two algorithms use them."""
+
+STEP, EPOCH, TIME_S = "step", "epoch", "time_s"
+RESERVED_KEYS = (STEP, EPOCH, TIME_S)
+"""Keys every record has; not metric names."""
+
+
+def _scalar(name: str, value: Any) -> Any:
+    """A JSON-ready value: Python/numpy/torch numbers → int/float; strings and None pass through."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalar
+        value = value.item()
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(
+        f"metric {name!r} is a {type(value).__name__}; log numbers (or strings), e.g. loss.item()."
+    )
+
+
+class MetricsWriter:
+    """Appends metric records to ``RUN_DIR/metrics.jsonl`` and mirrors scalars to ``RUN_DIR/tb``.
+
+    ``time_s`` is wall time since the writer was created, continued from the last record of an
+    existing file (a resumed run keeps one time axis). With ``resume_from_step`` set, records after
+    that step (logged after the checkpoint being resumed from) are dropped first.
+    One writer per run, in the driver process.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        tensorboard: bool = True,
+        resume_from_step: int | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / METRICS_JSONL
+        previous = read_metrics(self.path) if self.path.exists() else []
+        if resume_from_step is not None:
+            kept = [r for r in previous if r.get(STEP, 0) <= resume_from_step]
+            if len(kept) != len(previous):
+                lines = "".join(json.dumps(r) + "\n" for r in kept)
+                atomic_write_bytes(self.path, lines.encode("utf-8"))
+            previous = kept
+        self._time_offset = float(previous[-1].get(TIME_S) or 0.0) if previous else 0.0
+        self._t0 = time.monotonic()
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=str(self.run_dir / "tb"), flush_secs=10)
+
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of the run so far (continued across resumes)."""
+        return self._time_offset + time.monotonic() - self._t0
+
+    def log(
+        self,
+        step: int,
+        epoch: float | int | None,
+        metrics: Mapping[str, Any],
+        time_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Append one record ``{"step", "epoch", "time_s", **metrics}``; returns it.
+
+        ``step``: learner updates so far; ``epoch``: epochs so far (may be fractional);
+        ``time_s``: wall seconds (default: ``elapsed_s()``). Numbers are also written to
+        TensorBoard at ``step``.
+        """
+        if self._file.closed:
+            raise RuntimeError(f"MetricsWriter for {self.path} is closed; create a new one.")
+        clash = [k for k in metrics if k in RESERVED_KEYS]
+        if clash:
+            raise ValueError(f"metric name {clash[0]!r} is reserved (record keys: {', '.join(RESERVED_KEYS)}).")
+        record: dict[str, Any] = {
+            STEP: int(step),
+            EPOCH: _scalar(EPOCH, epoch),
+            TIME_S: round(self.elapsed_s() if time_s is None else float(time_s), 3),
+        }
+        for name, value in metrics.items():
+            record[str(name)] = _scalar(str(name), value)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in record.items():
+                if name != STEP and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(name, value, global_step=record[STEP])
+        return record
+
+    def close(self) -> None:
+        """Flush and close the files (idempotent)."""
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (or of ``RUN_DIR/metrics.jsonl`` given a run dir).
+
+    A half-written last line (a run killed mid-write) is skipped; a bad line elsewhere raises
+    ``ValueError`` naming file and line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_JSONL
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break  # truncated final write
+            raise ValueError(f"{path}:{i + 1}: not a JSON object ({err}); fix or delete that line.") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(record).__name__}.")
+        records.append(record)
+    return records
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        vx, vy = r.get(x), r.get(y)
+        if isinstance(vx, (int, float)) and isinstance(vy, (int, float)) and math.isfinite(vy):
+            xs.append(float(vx))
+            ys.append(float(vy))
+    return xs, ys
+
+
+def plot_learning_curve(
+    metrics_path: str | os.PathLike[str], out_png: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """PNG with validation BLEU vs epoch, vs wall time, and training losses vs step; returns its path.
+
+    ``metrics_path``: a ``metrics.jsonl`` or a run directory. Written atomically. Panels without
+    data say so instead of failing (e.g. before the first validation).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = read_metrics(metrics_path)
+    fig = Figure(figsize=(15, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_epoch, ax_time, ax_loss = fig.subplots(1, 3)
+
+    def empty(ax: Any, what: str) -> None:
+        ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=ax.transAxes)
+
+    for ax, x, xlabel, scale in (
+        (ax_epoch, EPOCH, "epoch", 1.0),
+        (ax_time, TIME_S, "wall time (min)", 1 / 60),
+    ):
+        plotted = False
+        for name, marker in ((BLEU_VALID, "o-"), (BLEU_TEST, "s")):
+            xs, ys = _series(records, x, name)
+            if xs:
+                ax.plot([v * scale for v in xs], ys, marker, label=name, markersize=4)
+                plotted = True
+        if plotted:
+            ax.legend(loc="lower right")
+        else:
+            empty(ax, BLEU_VALID)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("BLEU")
+        ax.grid(alpha=0.3)
+    ax_epoch.set_title("validation BLEU vs epoch")
+    ax_time.set_title("validation BLEU vs wall time")
+
+    loss_names = sorted({k for r in records for k in r if k.startswith("loss/")})
+    for name in loss_names:
+        xs, ys = _series(records, STEP, name)
+        if xs:
+            ax_loss.plot(xs, ys, label=name, linewidth=1)
+    if loss_names:
+        ax_loss.legend(loc="upper right")
+    else:
+        empty(ax_loss, "training loss")
+    ax_loss.set_xlabel("step (updates)")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("training loss vs step")
+    ax_loss.grid(alpha=0.3)
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(out_png, buf.getvalue())
+
+
+__all__ = [
+    "BLEU_TEST",
+    "BLEU_VALID",
+    "ENTROPY",
+    "EPOCH_TIME_S",
+    "GRAD_NORM",
+    "LOSS_ACTOR",
+    "LOSS_CRITIC_TD",
+    "LOSS_MLE",
+    "LR",
+    "METRIC_NAMES",
+    "MetricsWriter",
+    "POLICY_LAG",
+    "RESERVED_KEYS",
+    "TOKENS_PER_S",
+    "plot_learning_curve",
+    "read_metrics",
+]

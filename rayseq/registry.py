@@ -1,0 +1,45 @@
+"""Algorithm registry: name → (typed config class, RLlib Algorithm class).
+
+Adding an algorithm is one file plus one line here. The Algorithm class is named by its import
+path and imported on demand, so that importing the registry (the CLI's ``--help``, the config
+layer) does not import ray.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from rayseq.algorithms.mle import MLEConfig
+from rayseq.algorithms.raml import RAMLConfig
+
+
+@dataclass(frozen=True)
+class AlgorithmEntry:
+    """One registered algorithm."""
+
+    config_cls: type
+    """Its typed dataclass config (hyper-parameters with the paper's symbols)."""
+    algorithm_path: str
+    """``module:Class`` of its RLlib ``Algorithm`` subclass."""
+    objective: str
+    """What the learner optimises (the runtime's switch)."""
+    summary: str
+
+    def algorithm_cls(self) -> type:
+        module, name = self.algorithm_path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_SUPERVISED = "rayseq.runtime.supervised:SupervisedSeqAlgorithm"
+
+ALGORITHMS: dict[str, AlgorithmEntry] = {
+    "mle": AlgorithmEntry(MLEConfig, _SUPERVISED, "mle", "maximum likelihood (teacher forcing)"),
+    "raml": AlgorithmEntry(RAMLConfig, _SUPERVISED, "raml", "reward augmented maximum likelihood, Eq. (1)-(2)"),
+}
+
+
+def get_algorithm(name: str) -> AlgorithmEntry:
+    """The registered algorithm ``name``; ValueError listing the registered names otherwise."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; registered: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]

@@ -1,0 +1,229 @@
+"""The run directory: create it, record ``run.json``, refuse to mix two runs, write results.
+
+Layout (files other modules add are listed where they are written)::
+
+    RUN_DIR/run.json        the run config (``rayseq.config.to_dict``), written by prepare_run_dir
+    RUN_DIR/metrics.jsonl   one JSON object per logged step (``rayseq.metrics.MetricsWriter``)
+    RUN_DIR/tb/             TensorBoard event files (same scalars)
+    RUN_DIR/results.json    final numbers (``write_results``)
+
+Every file here is written atomically: a hidden temp file in the same folder, fsync, ``os.replace``;
+a reader or a crash sees the old file or the new one, never half of one.
+
+No ray, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+RUN_JSON = "run.json"
+"""The run config inside a run directory."""
+
+RESULTS_JSON = "results.json"
+"""Final results inside a run directory."""
+
+METRICS_JSONL = "metrics.jsonl"
+"""Metrics log inside a run directory (see ``rayseq.metrics``)."""
+
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    "out",
+    "epochs",
+    "algo_config.max_epochs",  # mirrors epochs (rayseq.config.SHARED_FIELDS)
+    "data_dir",
+    "num_gpus_per_learner",
+    "log_every",
+)
+"""Dotted run.json keys that may differ when a run is resumed: where it is written, how long it
+runs, where the data lives, which device, how often it logs. Anything else changes the run."""
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (another run is there, nothing to resume, ...)."""
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Create or replace ``path`` with ``data`` atomically; returns the path.
+
+    The bytes go to ``.NAME.<random>.tmp`` in the same folder, are fsynced and renamed over
+    ``path``. On any error the temp file is removed and an existing ``path`` is untouched.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise RunDirError(f"cannot write {path}: folder {path.parent} does not exist; create it first.")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        # 0o666 & ~umask, like a plain open(); mkstemp would make it 0600.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (UTF-8, trailing newline) atomically; returns the path.
+
+    Serialisation happens before anything touches the disk, so a value JSON cannot hold raises
+    ``TypeError`` and leaves no file behind.
+    """
+    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return atomic_write_bytes(path, data)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = RESUME_MAY_CHANGE
+) -> list[str]:
+    """``"key: old → new"`` for every dotted key whose value differs, except ``ignore``d keys."""
+    a, b = _flatten(old), _flatten(new)
+    skip = set(ignore)
+    missing = object()
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in skip:
+            continue
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
+            diffs.append(f"{key}: {show(va)} → {show(vb)}")
+    return diffs
+
+
+def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``RUN_DIR/run.json`` as a dict; RunDirError naming the file if it is missing or not JSON."""
+    path = Path(run_dir) / RUN_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} not found; {run_dir} is not a rayseq run directory.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunDirError(
+            f"{path} is not valid JSON ({err}); delete it or choose another --out."
+        ) from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} holds a {type(data).__name__}, not a run config; choose another --out.")
+    return data
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run already wrote metrics, results or checkpoints here."""
+    return (
+        (run_dir / METRICS_JSONL).exists()
+        or (run_dir / RESULTS_JSON).exists()
+        or any(run_dir.glob("*.pt"))
+    )
+
+
+def prepare_run_dir(
+    out: str | os.PathLike[str],
+    run_config_dict: Mapping[str, Any],
+    resume: bool,
+    ignore_on_resume: Iterable[str] = RESUME_MAY_CHANGE,
+) -> Path:
+    """Create ``out`` (if needed) and write ``run.json``; returns the run directory.
+
+    * New directory, or one without ``run.json`` → start a new run (``resume`` → RunDirError: there
+      is nothing to resume).
+    * ``run.json`` present and equal to ``run_config_dict`` up to ``ignore_on_resume`` keys:
+      ``resume`` → continue (run.json is rewritten with the new epochs/out/...); not ``resume`` →
+      allowed only while the old run has written no metrics, results or ``*.pt`` checkpoints
+      (a crash before the first log), else RunDirError.
+    * ``run.json`` of a different run → RunDirError naming the differing keys.
+    """
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file, not a folder; choose another --out.")
+    run_json = run_dir / RUN_JSON
+    if run_json.exists():
+        old = read_run_json(run_dir)
+        diffs = config_differences(old, run_config_dict, ignore_on_resume)
+        if diffs:
+            shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+            if resume:
+                raise RunDirError(
+                    f"cannot resume {run_dir}: its {RUN_JSON} was written by a different config "
+                    f"({shown}); resume with the same settings (only {', '.join(ignore_on_resume)} "
+                    f"may change) or start a new run with another --out."
+                )
+            raise RunDirError(
+                f"{run_dir} already holds a different run ({RUN_JSON} differs: {shown}); choose "
+                f"another --out, or pass --resume with that run's settings to continue it."
+            )
+        if not resume and _has_progress(run_dir):
+            raise RunDirError(
+                f"{run_dir} already holds this run, with metrics or checkpoints; pass --resume to "
+                "continue it, or choose another --out to start again."
+            )
+    elif resume:
+        raise RunDirError(
+            f"--resume given but {run_json} does not exist, so there is no run to resume; point "
+            "--out at the run directory to continue, or drop --resume to start a new run."
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(
+            f"cannot create run directory {run_dir} ({err.strerror or err}); choose another --out."
+        ) from None
+    atomic_write_json(run_json, dict(run_config_dict))
+    return run_dir
+
+
+def write_results(run_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
+    """Write ``RUN_DIR/results.json`` (final BLEU, best epoch, ...) atomically; returns its path."""
+    return atomic_write_json(Path(run_dir) / RESULTS_JSON, dict(results))
+
+
+__all__ = [
+    "METRICS_JSONL",
+    "RESULTS_JSON",
+    "RESUME_MAY_CHANGE",
+    "RUN_JSON",
+    "RunDirError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "config_differences",
+    "prepare_run_dir",
+    "read_run_json",
+    "write_results",
+]

@@ -1,0 +1,145 @@
+"""MLE and RAML as RLlib Algorithms: no env runners, dataset batches fed to the learner group.
+
+One ``train()`` call is one epoch over the training split (length-bucketed, shuffled per epoch
+with the run's seed). The driver (``rayseq.train``) validates between epochs and sets the lr.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.checkpoints import Checkpointable
+from ray.rllib.utils.metrics import LEARNER_RESULTS
+from tqdm import tqdm
+
+from rayseq.algorithms.raml import RAMLConfig
+from rayseq.algorithms.supervised_rows import mle_rows, raml_rows
+from rayseq.data.batching import bucket_batches
+from rayseq.metrics import LOSS_ACTOR, TOKENS_PER_S
+from rayseq.runtime.actor_module import ActorRLModule
+from rayseq.runtime.learner import SupervisedSeqLearner
+
+OBJECTIVES = ("mle", "raml")
+
+
+class SupervisedSeqConfig(AlgorithmConfig):
+    """RLlib config of MLE/RAML; ``rayseq`` holds the project's run settings (JSON-safe)."""
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or SupervisedSeqAlgorithm)
+        self.lr = 0.6
+        self.grad_clip = 5.0
+        self.grad_clip_by = "global_norm"
+        self.objective = "mle"
+        """"mle" or "raml"."""
+        self.objective_config: dict[str, Any] = {}
+        """The algorithm dataclass (RAMLConfig, …) as a dict."""
+        self.task = "multi30k"
+        self.data_dir: str | None = None
+        self.batch_size = 50
+        self.seed = 0
+        self.log_every = 100
+        """Record the training loss every this many updates."""
+        self.show_progress = True
+        """A tqdm bar (else a log line every ``log_every`` updates)."""
+        # No env runners: the data come from the corpus, not from sampling.
+        self._is_online = False
+
+    def get_default_learner_class(self):
+        return SupervisedSeqLearner
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=ActorRLModule)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.objective not in OBJECTIVES:
+            self._value_error(f"objective={self.objective!r}; use one of {OBJECTIVES}")
+
+
+class SupervisedSeqAlgorithm(Algorithm):
+    """Feeds batches of the training split to the learner group, one epoch per iteration."""
+
+    @classmethod
+    def get_default_config(cls) -> SupervisedSeqConfig:
+        return SupervisedSeqConfig()
+
+    def setup(self, config: AlgorithmConfig) -> None:
+        super().setup(config)
+        from rayseq.data.tasks import load_task
+
+        task = load_task(self.config.task, self.config.data_dir)
+        self._train = task.split("train")
+        self._vocab_size = len(task.tgt_vocab)
+        self._epoch = 0
+        self.num_updates = 0
+        self._train_log: list[dict[str, Any]] = []
+        self._raml = RAMLConfig(**self.config.objective_config) if self.config.objective == "raml" else None
+
+    def training_step(self) -> None:
+        cfg = self.config
+        lengths = [len(y) for y in self._train.tgt]
+        batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=self._epoch)
+        rng = np.random.default_rng((cfg.seed, self._epoch, 1))
+        tokens = 0
+        t0 = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {self._epoch + 1}", unit="batch", disable=not cfg.show_progress, leave=False)
+        for i, idx in enumerate(bar):
+            src = [self._train.src[i] for i in idx]
+            tgt = [self._train.tgt[i] for i in idx]
+            rows = mle_rows(src, tgt) if self._raml is None else raml_rows(src, tgt, self._raml, self._vocab_size, rng)
+            batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(rows)}, env_steps=len(idx))
+            results = self.learner_group.update(batch=batch, timesteps={})
+            self.metrics.aggregate(results, key=LEARNER_RESULTS)
+            tokens += int((rows["tgt_out"] != 0).sum())
+            self.num_updates += 1
+            if self.num_updates % cfg.log_every == 0:
+                loss = float(self.metrics.peek((LEARNER_RESULTS, DEFAULT_MODULE_ID, LOSS_ACTOR)))
+                tok_s = tokens / (time.perf_counter() - t0)
+                epoch = self._epoch + (i + 1) / len(batches)
+                self._train_log.append({"step": self.num_updates, "epoch": epoch, LOSS_ACTOR: loss, TOKENS_PER_S: tok_s})
+                if not cfg.show_progress:
+                    print(f"epoch {epoch:.2f} step {self.num_updates}: {LOSS_ACTOR} {loss:.3f}, {tok_s:.0f} tokens/s", file=sys.stderr, flush=True)
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        self.metrics.log_value(TOKENS_PER_S, tokens / (time.perf_counter() - t0), window=1)
+        self.metrics.log_value("epoch", self._epoch + 1, window=1)
+        self._epoch += 1
+
+    # -- driver-side helpers ------------------------------------------------------------------
+    def pop_train_log(self) -> list[dict[str, Any]]:
+        """Training-loss records since the last call (``step``, ``epoch``, loss, tokens/s)."""
+        out, self._train_log = self._train_log, []
+        return out
+
+    def actor_state_dict(self) -> dict[str, Any]:
+        """The actor's torch state dict (keys of ``Seq2Seq``), from the (first) learner."""
+        from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
+
+        state = self.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}")
+        module_state = state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
+        return {k.removeprefix("actor."): v for k, v in module_state.items()}
+
+    def set_lr(self, lr: float) -> None:
+        self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
+
+    def restore_from_path(self, path, *args, **kwargs) -> None:
+        # Algorithm.restore_from_path also syncs env runners, which this algorithm does not have.
+        Checkpointable.restore_from_path(self, path, *args, **kwargs)
+
+    def get_state(self, *args, **kwargs) -> dict[str, Any]:
+        state = super().get_state(*args, **kwargs)
+        state["rayseq_epoch"] = self._epoch
+        state["rayseq_num_updates"] = self.num_updates
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._epoch = int(state.get("rayseq_epoch", self._epoch))
+        self.num_updates = int(state.get("rayseq_num_updates", self.num_updates))
