@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Callable
 
-from rayseq.data.errors import DataError
+from rayseq.errors import USER_ERRORS
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--repeats", type=int, default=20)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", action="store_true", help="print one JSON line")
+    t = bsub.add_parser("train", help="learner tokens/s through the RLlib runtime vs a plain PyTorch loop")
+    t.add_argument("--algo", default="mle")
+    t.add_argument("--batches", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=50)
+    t.add_argument("--json", action="store_true", help="print one JSON line")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -29,13 +34,18 @@ def _run_bench(args: argparse.Namespace) -> int:
         from rayseq.bench.reward import RewardBenchConfig, run
 
         result = run(RewardBenchConfig(batch=args.batch, smooth=args.smooth, repeats=args.repeats, seed=args.seed))
-        if args.json:
-            print(json.dumps(result))
-        else:
-            for k, v in result.items():
-                print(f"{k:>28}: {v}")
-        return 0
-    raise AssertionError(args.bench)
+    elif args.bench == "train":
+        from rayseq.bench.train import TrainBenchConfig, run as run_train
+
+        result = run_train(TrainBenchConfig(algo=args.algo, batches=args.batches, batch_size=args.batch_size))
+    else:
+        raise AssertionError(args.bench)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>28}: {v}")
+    return 0
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command][1](args)
-    except (DataError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f"rayseq {args.command}: error: {err}", file=sys.stderr)
         return 2
 

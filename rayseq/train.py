@@ -27,6 +27,7 @@ from rayseq.commands.evaluate import evaluate
 from rayseq.commands.translate import translate_ids
 from rayseq.config import RunConfig, to_dict
 from rayseq.data.tasks import Task, load_task
+from rayseq.errors import TrainingError
 from rayseq.evaluation import corpus_bleu_ids
 from rayseq.metrics import BLEU_TEST, BLEU_VALID, EPOCH_TIME_S, LOSS_ACTOR, LR, TOKENS_PER_S, MetricsWriter, plot_learning_curve
 from rayseq.models.seq2seq import Seq2Seq
@@ -36,10 +37,6 @@ from rayseq.run_dir import atomic_write_json, prepare_run_dir, write_results
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.json"
 log = logging.getLogger("rayseq.train")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (NaN loss, …); the message names the step and the last good checkpoint."""
 
 
 def validate(model: Seq2Seq, task: Task, cfg: RunConfig, split: str = "valid") -> float:

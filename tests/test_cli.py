@@ -34,3 +34,34 @@ def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--algo", "nope"], "registered"),
+        (["train", "--algo", "mle", "--task", "wmt"], "task"),
+        (["train", "--algo", "mle", "--preset", "fast"], "preset"),
+        (["train", "--algo", "mle", "colour=red"], "colour"),
+        (["train", "--algo", "mle", "epochs=many"], "epochs"),
+        (["train", "--algo", "mle", "algo.lr=-1"], "lr"),
+        (["train", "--algo", "mle", "--task", "iwslt14", "--data-dir", "/nonexistent/iwslt"], "/nonexistent/iwslt"),
+        (["train"], "--algo"),
+    ],
+)
+def test_train_bad_input_is_one_clear_line(argv, needle, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "run")] if argv[1:] else argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_train_refuses_an_output_dir_of_a_different_run(capsys, tmp_path):
+    from rayseq.config import build_run_config, to_dict
+    from rayseq.registry import get_algorithm
+    from rayseq.run_dir import prepare_run_dir
+
+    other = build_run_config("raml", get_algorithm("raml").config_cls, "cpu", "toy", out=str(tmp_path / "run"))
+    prepare_run_dir(tmp_path / "run", to_dict(other), resume=False)
+    assert main(["train", "--algo", "mle", "--task", "toy", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different run" in err
