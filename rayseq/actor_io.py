@@ -26,15 +26,14 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from rayseq.data.atomic import atomic_write
 from rayseq.data.errors import DataError
 from rayseq.data.vocab import Vocab
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -81,54 +80,6 @@ class RunInfo:
     """Algorithm that trained the run (``mle``, ``erac``, ...); None when not recorded."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Every other key of ``run.json``."""
-
-
-# ---------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
-
-    The data goes to a hidden temp file in the same folder, is fsynced and then renamed over
-    ``path`` (``os.replace``). If ``write`` raises (or the process is interrupted) the previous
-    ``path`` is untouched and the temp file is removed (a SIGKILL can leave a ``.NAME.*.tmp``).
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise DataError(f"{path}: folder {path.parent} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise DataError(f"{path}: could not write ({e.strerror or e}); the old file is unchanged.") from e
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_lines(path: PathLike, lines: list[str]) -> None:
-    """Write ``lines`` (UTF-8, ``\\n`` after each) to ``path`` atomically (see :func:`atomic_write`)."""
-    data = "".join(f"{ln}\n" for ln in lines).encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename (best effort; not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- actor files

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from rayseq.data.atomic import atomic_write_bytes as _atomic_write_bytes
 
 RUN_JSON = "run.json"
 """The run config inside a run directory."""
@@ -50,28 +51,8 @@ class RunDirError(ValueError):
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Create or replace ``path`` with ``data`` atomically; returns the path.
-
-    The bytes go to ``.NAME.<random>.tmp`` in the same folder, are fsynced and renamed over
-    ``path``. On any error the temp file is removed and an existing ``path`` is untouched.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise RunDirError(f"cannot write {path}: folder {path.parent} does not exist; create it first.")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # 0o666 & ~umask, like a plain open(); mkstemp would make it 0600.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """Create or replace ``path`` with ``data`` atomically (RunDirError if the folder is missing)."""
+    return _atomic_write_bytes(path, data, error=RunDirError)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -82,20 +63,6 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """
     data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     return atomic_write_bytes(path, data)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- run directory

@@ -99,7 +99,7 @@ def test_vocab_save_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(DataError, match="nothing was written"):
+    with pytest.raises(DataError, match="old file is unchanged"):
         Vocab.build([["a", "b"]]).save(old)
     assert sorted(os.listdir(tmp_path)) == ["is_a_dir", "vocab.txt"]
     assert old.read_bytes() == before

@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayseq.actor_io import ACTOR_FILES, RUN_JSON, atomic_write_lines, load_actor, read_run_info, resolve_actor
+from rayseq.actor_io import ACTOR_FILES, RUN_JSON, load_actor, read_run_info, resolve_actor
+from rayseq.data.atomic import atomic_write_lines
 from rayseq.commands.translate import check_decode_args, translate_ids
 from rayseq.data.corpus import read_lines
 from rayseq.data.errors import DataError

@@ -7,7 +7,6 @@ file can be read, diffed and checked by eye.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rayseq.data.atomic import atomic_write_lines
 from rayseq.data.corpus import read_lines
 from rayseq.data.errors import DataError, where
 
@@ -89,7 +89,7 @@ class Vocab:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write one token per line (UTF-8), atomically: a temp file then ``os.replace``."""
-        _atomic_write_text(Path(path), "".join(f"{t}\n" for t in self.itos))
+        atomic_write_lines(path, self.itos)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocab:
@@ -123,21 +123,3 @@ def _token_lists(token_lists: Iterable[Sequence[str]]) -> Iterator[Sequence[str]
         if isinstance(toks, str):
             raise DataError(f"Vocab.build expects token lists, got the string {toks[:40]!r}; split it.")
         yield toks
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one."""
-    if not path.parent.is_dir():
-        raise DataError(f"{path}: directory {path.parent} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise DataError(f"{path}: could not write ({e.strerror or e}); nothing was written.") from e
-        raise
