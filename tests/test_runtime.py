@@ -27,9 +27,9 @@ def ray_session():
         ray.shutdown()
 
 
-def _toy_config(algo, tmp_path, *overrides):
+def _toy_config(algo, tmp_path, *overrides, **cli):
     entry = get_algorithm(algo)
-    return build_run_config(algo, entry.config_cls, "cpu", "toy", ["epochs=2", *overrides], out=str(tmp_path / algo))
+    return build_run_config(algo, entry.config_cls, "cpu", "toy", ["epochs=2", *overrides], out=str(tmp_path / algo), **cli)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
@@ -92,3 +92,12 @@ def test_learner_loss_is_mle_and_raml():
     w = torch.softmax(torch.randn(2, 3), dim=1)  # 2 sources x K = 3 samples
     flat = w.reshape(-1)
     assert torch.allclose((flat * nll).sum() / flat.sum(), raml_loss(logits, targets, w).loss)
+
+
+def test_remote_learner(tmp_path, ray_session):
+    """num_learners=1: the learner runs in its own Ray actor (the cluster layout); lr and weights sync."""
+    from rayseq.train import train
+
+    cfg = _toy_config("mle", tmp_path, "epochs=1", num_learners=1)
+    results = train(cfg)
+    assert results["updates"] > 0 and (tmp_path / "mle" / "actor_best.pt").exists()

@@ -1,0 +1,528 @@
+"""Entropy-regularised actor-critic (ERAC; Dai, Xie & Hovy 2018, §4.2) and AC (τ = 0).
+
+The MDP M_R of Corollary 1: state = prefix, action = next token (eos included), deterministic
+transitions, reward = BLEU increment (Eq. 13), γ = 1, entropy weight α = τ. The critic Q_φ
+evaluates the current actor π_θ by TD learning (Eq. 18) against the soft target of Eq. (19),
+computed with a Polyak-averaged target critic Q_φ̄; the actor follows the entropy-regularised
+policy gradient summed over the whole vocabulary (Eq. 20), plus λ_mle × MLE on the reference.
+
+Step indexing (every ``[N, T]`` / ``[N, T, V]`` tensor here follows it)
+--------------------------------------------------------------------------
+A sampled sequence y_1 … y_L (``rayseq.decoding.sample``: ``tokens`` without bos/eos,
+``lengths`` = L) is read teacher-forced: decoder input ``tgt_in = <bos> y_1 … y_L``
+(``rayseq.decoding.teacher_forcing_io``), width T = L_max + 1. Position t holds
+
+* the **state** s_t = y_1..t (s_0 = empty prefix, read as ``<bos>``), t = 0 … L;
+* the **action** a_t taken in s_t: y_{t+1} for t < L, ``<eos>`` at t = L
+  (``tgt_out = y_1 … y_L <eos>``);
+* its **reward** r_t = r(s_t, a_t) = |y*| · (BLEU(y_1..t+1) − BLEU(y_1..t)) for t < L
+  (``envs.rewards.bleu_increments``, ×|y*| as the official code), and r_L = 0 (the eos step, Eq. 4);
+* the actor's logits / the critic's Q(s_t, ·) at decoder position t.
+
+Terminal steps: the eos action at t = L ends the episode (V̄ = 0 after it). A sequence that hit
+the length cap (``lengths == max_len − 1`` in ``rayseq.decoding``'s step convention, eos forced
+at step ``max_len``) ends at its last token instead: s_L is terminal (the MDP of
+``envs.oracle``: a prefix of the maximum length has no choice left), so the step t = L − 1 is
+terminal and position L is not a step at all (no action, no critic or actor loss). The official
+code instead trains Q(s_L, eos) → 0 on the forced eos and bootstraps V̄(s_L) through it.
+:func:`step_masks` builds ``mask`` (steps that exist) and ``done`` (terminal steps) from the
+lengths.
+
+Every loss sums over steps and averages over sequences (the official reduction). Tokens in
+``exclude`` (default ``<pad>``, ``<bos>``: never a correct target) are never actions: π = 0 there
+(``softmax(mask_logits(logits))``, the decoding policy), they contribute nothing to V̄, to the
+actor objective or to the Q-variance penalty, and their Q-values are never trained.
+
+Plain torch/numpy; no ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from envs.rewards import prefix_bleu_batch, reward_scale
+from rayseq.algorithms.mle import mle_loss
+from rayseq.decoding import BANNED_TOKENS, mask_logits
+from rayseq.models.base import BOS, EOS, PAD
+
+L2_EPS = 1e-8
+"""ε of the official L2 normalisation ``log π / (ε + ‖log π‖₂)``."""
+
+VARIANTS: dict[str, dict[str, object]] = {
+    "erac": {},
+    "ac": {"tau": 0.0, "critic_tau": None},
+    "erac-nofutent": {"critic_tau": 0.0},
+}
+"""Config overrides of each actor-critic variant of the paper (Table 1 / Table 4)."""
+
+
+@dataclass
+class ERACConfig:
+    """Hyper-parameters of critic pretraining and joint ERAC/AC training (official defaults)."""
+
+    tau: float = 0.045
+    """τ: entropy weight of the actor objective (Eq. 20); 0.045 official (0.04 with input feeding),
+    0 = AC. Relative to the |y*|-scaled reward."""
+    critic_tau: float | None = None
+    """τ inside the critic's target V̄ (Eq. 19); None = ``tau``; 0 with tau > 0 is the
+    "ERAC w/o future entropy" ablation (Table 4)."""
+    beta: float = 0.001
+    """β: Polyak rate of the target critic, φ̄ ← (1 − β)φ̄ + βφ after every step; in (0, 1]."""
+    lambda_var: float = 0.001
+    """λ_var: weight of the variance of Q over the vocabulary (critic smoothing, §4.2)."""
+    lambda_mle: float = 0.1
+    """λ_mle: weight of the MLE loss on the reference added to the actor loss (§4.2)."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor (joint training)."""
+    critic_lr: float = 1e-4
+    """Adam learning rate of the critic during joint training."""
+    critic_pretrain_lr: float = 1e-3
+    """Adam learning rate of the critic during pretraining (actor frozen)."""
+    adam_betas: tuple[float, float] = (0.0, 0.999)
+    """Adam (β1, β2) of both optimisers in joint training."""
+    critic_pretrain_adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam (β1, β2) of critic pretraining (official ``train_critic.py``: β1 = 0.9)."""
+    grad_clip: float = 5.0
+    """Max global L2 norm of each model's gradient."""
+    critic_pretrain_epochs: int = 20
+    """Epochs of critic pretraining against the frozen MLE actor (official: up to 20)."""
+    joint_epochs: int = 30
+    """Epochs of joint actor-critic training (official: up to 30)."""
+    actor_lr_decay: float = 0.9
+    """Actor lr × this after a validation without BLEU improvement (joint training)."""
+    max_lr_decays: int = 6
+    """Decays allowed before the next non-improvement ends joint training."""
+    samples_per_source: int = 1
+    """Sequences sampled from the actor per source in joint training."""
+    pretrain_samples_per_source: int = 2
+    """Sequences sampled per source in critic pretraining."""
+    sample_len_slack: int = 10
+    """Joint training samples at most min(|y*| + slack, max_sample_len) decoder steps (eos incl.)."""
+    pretrain_len_slack: int = 5
+    """The same slack in critic pretraining."""
+    max_sample_len: int = 50
+    """Cap on decoder steps of a training sample (eos included, forced at the last step)."""
+    normalize_logpi_l2: bool = False
+    """Official undocumented quirk: L2-normalise log π over the vocabulary inside the actor's
+    entropy term (shrinks it by ‖log π‖₂). Off = Eq. (20) as written."""
+    exclude_tokens: tuple[int, ...] = (PAD, BOS)
+    """Token ids that are never actions (π = 0, no loss): ``<pad>``, ``<bos>``."""
+    seed: int = 1234
+    """Random seed (the official default)."""
+    batch_size: int = 50
+    """Sources per batch (B)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau >= 0):
+            raise ValueError(
+                f"ERACConfig.tau (τ, the entropy weight) = {self.tau!r}: must be a finite number "
+                f">= 0 (0.045 official ERAC, 0 for AC)."
+            )
+        if self.critic_tau is not None and not (
+            math.isfinite(self.critic_tau) and self.critic_tau >= 0
+        ):
+            raise ValueError(
+                f"ERACConfig.critic_tau (τ of the critic target V̄) = {self.critic_tau!r}: must be "
+                f"None (= tau) or a finite number >= 0 (0 = no future entropy)."
+            )
+        if not (math.isfinite(self.beta) and 0.0 < self.beta <= 1.0):
+            raise ValueError(
+                f"ERACConfig.beta (β, the target-critic Polyak rate) = {self.beta}: must be in "
+                f"(0, 1] (0.001 official; 1 = no averaging)."
+            )
+        for name, sym in (("lambda_var", "λ_var"), ("lambda_mle", "λ_mle")):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"ERACConfig.{name} ({sym}) = {value}: must be a finite number >= 0.")
+        for name in ("actor_lr", "critic_lr", "critic_pretrain_lr", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"ERACConfig.{name} = {value}: must be > 0.")
+        for name in ("adam_betas", "critic_pretrain_adam_betas"):
+            betas = tuple(getattr(self, name))
+            if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+                raise ValueError(
+                    f"ERACConfig.{name} = {getattr(self, name)!r}: must be two numbers in [0, 1)."
+                )
+            setattr(self, name, betas)
+        if not 0.0 < self.actor_lr_decay <= 1.0:
+            raise ValueError(f"ERACConfig.actor_lr_decay = {self.actor_lr_decay}: must be in (0, 1].")
+        for name, low in (
+            ("critic_pretrain_epochs", 0),
+            ("joint_epochs", 0),
+            ("max_lr_decays", 0),
+            ("sample_len_slack", 0),
+            ("pretrain_len_slack", 0),
+            ("samples_per_source", 1),
+            ("pretrain_samples_per_source", 1),
+            ("max_sample_len", 1),
+            ("batch_size", 1),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"ERACConfig.{name} = {value!r}: must be an int >= {low}.")
+        self.exclude_tokens = tuple(int(t) for t in self.exclude_tokens)
+        if EOS in self.exclude_tokens:
+            raise ValueError(
+                f"ERACConfig.exclude_tokens = {self.exclude_tokens} contains <eos> ({EOS}); a "
+                f"sequence could never end. Exclude only tokens that are never targets, e.g. "
+                f"{BANNED_TOKENS}."
+            )
+
+    # ------------------------------------------------------------------- derived values
+
+    @property
+    def target_tau(self) -> float:
+        """τ used in the critic's target V̄ (Eq. 19): ``critic_tau``, or ``tau`` when None."""
+        return self.tau if self.critic_tau is None else float(self.critic_tau)
+
+    def max_len(self, ref_len: torch.Tensor, pretrain: bool = False) -> torch.Tensor:
+        """Decoder-step limit per source, min(|y*| + slack, max_sample_len) ``[B]`` (eos included).
+
+        In ``rayseq.decoding``'s convention: at most ``max_len − 1`` tokens, eos forced at step
+        ``max_len``.
+        """
+        slack = self.pretrain_len_slack if pretrain else self.sample_len_slack
+        return (ref_len.long() + slack).clamp(min=1, max=self.max_sample_len)
+
+    # ------------------------------------------------------------------- variants
+
+    @classmethod
+    def variant(cls, name: str, **overrides: object) -> ERACConfig:
+        """The config of a named variant (``erac``, ``ac``, ``erac-nofutent``) plus ``overrides``."""
+        if name not in VARIANTS:
+            raise ValueError(f"unknown actor-critic variant {name!r}; known: {sorted(VARIANTS)}.")
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"ERACConfig: unknown field(s) {sorted(unknown)}; known: {sorted(known)}.")
+        kwargs = {**VARIANTS[name], **overrides}
+        cfg = cls(**kwargs)  # type: ignore[arg-type]
+        if name == "erac-nofutent" and not (cfg.tau > 0 and cfg.target_tau == 0):
+            raise ValueError(
+                f"erac-nofutent needs τ > 0 for the actor and critic_tau = 0; got tau={cfg.tau}, "
+                f"critic_tau={cfg.critic_tau}."
+            )
+        if name == "ac" and (cfg.tau != 0 or cfg.target_tau != 0):
+            raise ValueError(f"ac needs τ = 0 everywhere; got tau={cfg.tau}, critic_tau={cfg.critic_tau}.")
+        return cfg
+
+    @classmethod
+    def ac(cls, **overrides: object) -> ERACConfig:
+        """Actor-critic of Bahdanau et al. (2016) as in the paper: τ = 0 for actor and critic."""
+        return cls.variant("ac", **overrides)
+
+    @classmethod
+    def nofutent(cls, **overrides: object) -> ERACConfig:
+        """ERAC without future entropy (Table 4): critic target with τ = 0, actor with τ > 0."""
+        return cls.variant("erac-nofutent", **overrides)
+
+
+# ======================================================================= steps and rewards
+
+
+def step_masks(
+    lengths: torch.Tensor, capped: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask, done)`` ``[N, width]`` bool for sequences of ``lengths`` L ``[N]`` tokens.
+
+    ``capped`` ``[N]`` bool: the sequence hit the length cap (eos forced, not chosen).
+    ``mask[n, t]``: step t exists (t ≤ L, or t < L when capped). ``done[n, t]``: step t is
+    terminal (t = L, the eos action; t = L − 1 when capped), i.e. V̄ = 0 after it. ``width`` must
+    be ≥ max L + 1 (the ``tgt_in`` width).
+    """
+    lengths = lengths.long()
+    capped = capped.bool()
+    if lengths.numel() and int(lengths.max()) + 1 > width:
+        raise ValueError(
+            f"step_masks: width={width} is too small for a sequence of {int(lengths.max())} "
+            f"tokens (needs lengths.max() + 1 positions: <bos> y_1 … y_L)."
+        )
+    if bool((capped & (lengths < 1)).any()):
+        raise ValueError("step_masks: a capped sequence must have at least one token.")
+    last = lengths - capped.long()  # [N] index of the terminal step
+    t = torch.arange(width, device=lengths.device).unsqueeze(0)  # [1, T]
+    mask = t <= last.unsqueeze(1)  # [N, T]
+    done = t == last.unsqueeze(1)  # [N, T]
+    return mask, done
+
+
+def capped_at(lengths: torch.Tensor, max_len: int | torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: the sample hit the decoder-step limit ``max_len`` (``rayseq.decoding``'s
+    convention: L = max_len − 1 tokens, eos forced)."""
+    return lengths.long() >= torch.as_tensor(max_len, device=lengths.device).long() - 1
+
+
+def token_rewards(
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    refs: Sequence[Sequence[int]],
+    width: int,
+    smooth: str = "plus1",
+    scale: str | None = "ref_len",
+) -> torch.Tensor:
+    """Rewards r_t ``[N, width]`` float32 of sampled ``tokens`` ``[N, L]`` (Eq. 13).
+
+    r_t = scale · (BLEU(y_1..t+1) − BLEU(y_1..t)) for t < L — the arithmetic of
+    ``envs.rewards.bleu_increments`` (scale = |y*| with ``"ref_len"``, the official reward) —
+    and 0 from t = L on (the eos step earns 0, Eq. 4). ``refs[n]`` is y* of row n (no bos/eos).
+    """
+    n = tokens.size(0)
+    if len(refs) != n:
+        raise ValueError(f"token_rewards: {n} sequences but {len(refs)} references.")
+    toks = tokens.detach().cpu().numpy()
+    lens = lengths.detach().cpu().long().numpy()
+    if lens.size and int(lens.max()) > width - 1:
+        raise ValueError(f"token_rewards: width={width} < longest sequence + 1 = {int(lens.max()) + 1}.")
+    hyps = [toks[i, : lens[i]] for i in range(n)]
+    ref_arrays = [np.asarray(r, dtype=np.int64) for r in refs]
+    bleus = prefix_bleu_batch(hyps, ref_arrays, smooth)
+    out = np.zeros((n, width), dtype=np.float64)
+    for i, b in enumerate(bleus):
+        if len(b):
+            out[i, : len(b)] = np.diff(b, prepend=0.0) * reward_scale(len(b), ref_arrays[i], scale)
+    return torch.from_numpy(out).to(dtype=torch.float32, device=tokens.device)
+
+
+def policy_log_probs(
+    logits: torch.Tensor, exclude: Sequence[int] = BANNED_TOKENS
+) -> torch.Tensor:
+    """log π(· | s) ``[..., V]`` = log_softmax(mask_logits(logits)): −inf at ``exclude``.
+
+    Half / bf16 logits are upcast to float32; float64 stays float64.
+    """
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return F.log_softmax(mask_logits(logits, exclude), dim=-1)
+
+
+def gather_actions(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Q(s_t, a_t) ``[N, T]`` from ``q`` ``[N, T, V]`` and ``actions`` ``[N, T]`` (``tgt_out``)."""
+    return q.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def _allowed(vocab: int, exclude: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``[V]`` bool, False at the excluded token ids."""
+    allowed = torch.ones(vocab, dtype=torch.bool, device=device)
+    if len(exclude):
+        allowed[torch.as_tensor(tuple(exclude), dtype=torch.long, device=device)] = False
+    return allowed
+
+
+def _num_seqs(mask: torch.Tensor) -> int:
+    return max(mask.size(0), 1)
+
+
+# ======================================================================= critic
+
+
+def soft_value(
+    q: torch.Tensor,  # [N, T, V] target-critic Q̄(s_t, ·)
+    logp: torch.Tensor,  # [N, T, V] log π(· | s_t), −inf at banned tokens
+    tau: float,
+    mask: torch.Tensor | None = None,  # [N, T] bool, states to keep
+) -> torch.Tensor:
+    """Soft state value under π, Eq. (9) with α = τ: V̄(s) = Σ_w π(w|s)·(Q̄(s, w) − τ log π(w|s)).
+
+    = E_π[Q̄] + τ H(π). Tokens with π = 0 (banned: log π = −inf) contribute 0, whatever their Q.
+    τ = 0 gives the AC value Σ_w π Q̄ (Bahdanau et al. 2016). Returns ``[N, T]``, 0 where
+    ``mask`` is False. No gradient is meant to flow (callers pass a target critic's Q̄ and a
+    detached π).
+    """
+    if q.shape != logp.shape:
+        raise ValueError(f"soft_value: q {tuple(q.shape)} and logp {tuple(logp.shape)} differ.")
+    if tau < 0:
+        raise ValueError(f"soft_value: τ={tau} must be >= 0.")
+    p = logp.exp()  # [N, T, V]
+    live = p > 0
+    inner = torch.where(live, q - tau * torch.where(live, logp, 0.0), 0.0)  # [N, T, V]
+    v = (torch.where(live, p, 0.0) * inner).sum(-1)  # [N, T]
+    if mask is not None:
+        v = torch.where(mask, v, 0.0)
+    return v
+
+
+def soft_td_target(
+    rewards: torch.Tensor,  # [N, T] r_t of the action taken at s_t
+    values: torch.Tensor,  # [N, T] V̄(s_t) at every state position t (soft_value)
+    done: torch.Tensor,  # [N, T] bool, step t is terminal
+    mask: torch.Tensor | None = None,  # [N, T] bool, steps that exist
+) -> torch.Tensor:
+    """Soft TD target, Eq. (19) (≡ Eq. 11 with γ = 1): Q̂_t = r_t + V̄(s_{t+1}), 0 after a terminal step.
+
+    ``values`` is V̄ at each state, aligned with the steps: the function shifts it, so V̄(s_{t+1})
+    = ``values[:, t + 1]`` (beyond the last column: 0). Where ``done`` (the eos action, or the last
+    token of a capped sequence) the target is r_t alone; the values there and after it are never
+    read (padding can hold anything). Returns ``[N, T]``, 0 where ``mask`` is False; detached.
+    """
+    if not (rewards.shape == values.shape == done.shape):
+        raise ValueError(
+            f"soft_td_target: rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and "
+            f"done {tuple(done.shape)} must all be [N, T]."
+        )
+    next_v = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)  # [N, T] V̄(s_{t+1})
+    target = rewards + torch.where(done.bool(), 0.0, next_v)  # [N, T]
+    if mask is not None:
+        target = torch.where(mask, target, 0.0)
+    return target.detach()
+
+
+class CriticLoss(NamedTuple):
+    """The critic loss and its parts (each summed over steps, averaged over sequences)."""
+
+    loss: torch.Tensor  # [] td + λ_var · var, to minimise
+    td: torch.Tensor  # [] ½ Σ_t (Q(s_t, a_t) − Q̂_t)²
+    var: torch.Tensor  # [] Σ_t Var_w Q(s_t, w) (unweighted)
+    num_tokens: torch.Tensor  # [] int64, steps covered
+
+
+def critic_loss(
+    q_taken: torch.Tensor,  # [N, T] Q_φ(s_t, a_t)
+    target: torch.Tensor,  # [N, T] Q̂_t (detached here)
+    q_all: torch.Tensor,  # [N, T, V] Q_φ(s_t, ·)
+    mask: torch.Tensor,  # [N, T] bool, steps that exist
+    lambda_var: float,
+    exclude: Sequence[int] = BANNED_TOKENS,
+) -> CriticLoss:
+    """TD loss of Eq. (18) plus the λ_var smoothing of §4.2 (Bahdanau et al. 2016).
+
+    td = (1/N) Σ_n Σ_t ½ (Q_φ(s_t, a_t) − sg[Q̂_t])². The ½ makes the gradient (Q − Q̂), exactly
+    the official ``−sg[Q̂ − Q]·Q``, so λ_var keeps its official relative weight (Eq. 18 as printed
+    is twice this).
+    var = (1/N) Σ_n Σ_t Var_w Q_φ(s_t, w) over the allowed tokens (not ``exclude``), with the
+    unbiased 1/(|W| − 1) of the official ``Q_all.var(2)`` (the paper writes the plain sum).
+    Steps where ``mask`` is False contribute nothing, not even gradient (the official code also
+    applies the variance at padding).
+    """
+    if q_taken.shape != target.shape or q_taken.shape != mask.shape or q_all.shape[:2] != mask.shape:
+        raise ValueError(
+            f"critic_loss: q_taken {tuple(q_taken.shape)}, target {tuple(target.shape)}, mask "
+            f"{tuple(mask.shape)} must be [N, T] and q_all {tuple(q_all.shape)} [N, T, V]."
+        )
+    if lambda_var < 0:
+        raise ValueError(f"critic_loss: λ_var={lambda_var} must be >= 0.")
+    mask = mask.bool()
+    n = _num_seqs(mask)
+    # TD error (Eq. 18)
+    err = q_taken.masked_fill(~mask, 0.0) - target.detach().masked_fill(~mask, 0.0)  # [N, T]
+    td = 0.5 * err.pow(2).sum() / n
+    # Q-variance smoothing over the allowed vocabulary
+    if lambda_var > 0:
+        allowed = _allowed(q_all.size(-1), exclude, q_all.device)
+        q_ok = q_all.masked_fill(~mask.unsqueeze(-1), 0.0)[..., allowed]  # [N, T, V']
+        var_t = q_ok.var(dim=-1, correction=1 if q_ok.size(-1) > 1 else 0)  # [N, T]
+        var = var_t.masked_fill(~mask, 0.0).sum() / n
+    else:
+        var = q_all.new_zeros(())
+    return CriticLoss(loss=td + lambda_var * var, td=td, var=var, num_tokens=mask.sum())
+
+
+# ======================================================================= actor
+
+
+def actor_objective(
+    logits: torch.Tensor,  # [N, T, V] actor logits at s_t
+    q: torch.Tensor,  # [N, T, V] critic Q_φ(s_t, ·) (detached here)
+    mask: torch.Tensor,  # [N, T] bool, steps that exist
+    tau: float,
+    normalize_logpi_l2: bool = False,
+    exclude: Sequence[int] = BANNED_TOKENS,
+) -> torch.Tensor:
+    """Actor loss of Eq. (20): −(1/N) Σ_n Σ_t Σ_w π_θ(w|s_t) · sg[Q_φ(s_t, w) − τ log π_θ(w|s_t)].
+
+    The expectation is over the whole vocabulary (no sampled action, no baseline; Bahdanau et al.
+    2016), π = softmax(mask_logits(logits, exclude)). The gradient flows only through π; it equals
+    Eq. (20), Σ_w ∇π(w)·Q(w) + τ ∇H(π), because Σ_w ∇π(w) = 0. Per step,
+    ∂/∂logit_j = −π_j (A_j − Σ_w π_w A_w) with A = Q − τ log π.
+
+    ``normalize_logpi_l2=True`` reproduces the official code (undocumented in the paper): inside
+    the bracket log π is replaced by log π / (1e-8 + ‖log π‖₂), the L2 norm taken over the allowed
+    vocabulary, which shrinks the entropy term by ‖log π‖₂ (≈ √V · |mean log π|). Only the
+    entropy term changes; with τ = 0 the option has no effect.
+    Returns a scalar; 0 contribution (and gradient) where ``mask`` is False.
+    """
+    if logits.shape != q.shape or logits.shape[:2] != mask.shape:
+        raise ValueError(
+            f"actor_objective: logits {tuple(logits.shape)} and q {tuple(q.shape)} must be "
+            f"[N, T, V] and mask {tuple(mask.shape)} [N, T]."
+        )
+    if tau < 0:
+        raise ValueError(f"actor_objective: τ={tau} must be >= 0.")
+    mask = mask.bool()
+    n = _num_seqs(mask)
+    allowed = _allowed(logits.size(-1), exclude, logits.device)  # [V]
+    logp = policy_log_probs(logits.masked_fill(~mask.unsqueeze(-1), 0.0), exclude)  # [N, T, V]
+    p = logp.exp()  # [N, T, V], 0 at excluded tokens
+    with torch.no_grad():
+        lp = torch.where(allowed, logp, 0.0)  # [N, T, V], finite
+        if normalize_logpi_l2:
+            lp = lp / (L2_EPS + lp.norm(p=2, dim=-1, keepdim=True))
+        signal = torch.where(allowed, q.to(lp.dtype) - tau * lp, 0.0)  # sg[Q − τ log π]
+        signal = signal.masked_fill(~mask.unsqueeze(-1), 0.0)
+    per_step = (p * signal).sum(-1)  # [N, T]
+    return -per_step.masked_fill(~mask, 0.0).sum() / n
+
+
+class ActorLoss(NamedTuple):
+    """The actor loss and its parts."""
+
+    loss: torch.Tensor  # [] objective + λ_mle · mle, to minimise
+    objective: torch.Tensor  # [] actor_objective (Eq. 20)
+    mle: torch.Tensor  # [] MLE on the reference (token NLL summed over time, mean over batch)
+    num_tokens: torch.Tensor  # [] int64, actor steps covered
+
+
+def erac_actor_loss(
+    logits: torch.Tensor,  # [N, T, V] actor logits on the sampled sequences
+    q: torch.Tensor,  # [N, T, V] critic Q on the same positions
+    mask: torch.Tensor,  # [N, T] bool
+    tau: float,
+    lambda_mle: float,
+    mle_logits: torch.Tensor | None = None,  # [B, T*, V] actor logits on bos + y*
+    mle_targets: torch.Tensor | None = None,  # [B, T*] y* eos pad…
+    normalize_logpi_l2: bool = False,
+    exclude: Sequence[int] = BANNED_TOKENS,
+) -> ActorLoss:
+    """Joint-training actor loss (§4.2): Eq. (20) + λ_mle · MLE on the reference.
+
+    The MLE term is ``rayseq.algorithms.mle.mle_loss`` (official ``train_mle``); it may be
+    omitted (``mle_logits=None``) only when λ_mle = 0.
+    """
+    if lambda_mle < 0:
+        raise ValueError(f"erac_actor_loss: λ_mle={lambda_mle} must be >= 0.")
+    objective = actor_objective(logits, q, mask, tau, normalize_logpi_l2, exclude)
+    if mle_logits is None or mle_targets is None:
+        if lambda_mle > 0:
+            raise ValueError(
+                f"erac_actor_loss: λ_mle={lambda_mle} > 0 needs mle_logits and mle_targets "
+                f"(the actor's teacher-forced logits on the reference)."
+            )
+        mle = objective.new_zeros(())
+    else:
+        mle = mle_loss(mle_logits, mle_targets).loss
+    return ActorLoss(
+        loss=objective + lambda_mle * mle, objective=objective, mle=mle, num_tokens=mask.sum()
+    )
+
+
+# ======================================================================= metrics
+
+
+@torch.no_grad()
+def entropy(logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean policy entropy H(π(·|s_t)) = −Σ_w π log π in nats over the steps in ``mask``.
+
+    ``logp`` ``[N, T, V]`` (−inf allowed: 0 · log 0 = 0). Returns a scalar (``entropy`` metric).
+    """
+    p = logp.exp()
+    h = -torch.where(p > 0, p * logp, 0.0).sum(-1)  # [N, T]
+    if mask is None:
+        return h.mean()
+    mask = mask.bool()
+    return h.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
