@@ -272,3 +272,14 @@ def test_task_pickles() -> None:
     task.split("valid")
     copy = pickle.loads(pickle.dumps(task))
     assert copy.src_vocab == task.src_vocab and len(copy.split("valid")) == 1014
+
+
+def test_shipped_toy_corpus_is_what_the_generator_writes(tmp_path: Path) -> None:
+    from rayseq.data.tasks import SHIPPED_ROOT
+    from rayseq.data.toy import write_toy_corpus
+
+    write_toy_corpus(tmp_path)
+    for f in sorted(tmp_path.iterdir()):
+        assert (SHIPPED_ROOT / "toy" / f.name).read_bytes() == f.read_bytes(), f.name
+    src, tgt = (SHIPPED_ROOT / "toy" / "valid.src").read_text().splitlines(), (SHIPPED_ROOT / "toy" / "valid.tgt").read_text().splitlines()
+    assert all(t.split() == s.split()[::-1] for s, t in zip(src, tgt))
