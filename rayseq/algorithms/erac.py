@@ -378,7 +378,7 @@ class CriticLoss(NamedTuple):
 
     loss: torch.Tensor  # [] td + λ_var · var, to minimise
     td: torch.Tensor  # [] ½ Σ_t (Q(s_t, a_t) − Q̂_t)²
-    var: torch.Tensor  # [] Σ_t Var_w Q(s_t, w) (unweighted)
+    var: torch.Tensor  # [] Σ_t Var_w Q(s_t, w) (unweighted; 0, not computed, when λ_var = 0)
     num_tokens: torch.Tensor  # [] int64, steps covered
 
 
