@@ -89,6 +89,7 @@ class SupervisedSeqAlgorithm(Algorithm):
         batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=self._epoch)
         rng = np.random.default_rng((cfg.seed, self._epoch, 1))
         tokens = 0
+        window: list[float] = []
         t0 = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {self._epoch + 1}", unit="batch", disable=not cfg.show_progress, leave=False)
         for i, idx in enumerate(bar):
@@ -98,10 +99,11 @@ class SupervisedSeqAlgorithm(Algorithm):
             batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(rows)}, env_steps=len(idx))
             results = self.learner_group.update(batch=batch, timesteps={})
             self.metrics.aggregate(results, key=LEARNER_RESULTS)
+            window.append(np.mean([r[DEFAULT_MODULE_ID][LOSS_ACTOR].peek() for r in results]))
             tokens += int((rows["tgt_out"] != 0).sum())
             self.num_updates += 1
             if self.num_updates % cfg.log_every == 0:
-                loss = float(self.metrics.peek((LEARNER_RESULTS, DEFAULT_MODULE_ID, LOSS_ACTOR)))
+                loss, window = float(np.mean(window)), []  # mean over the last log_every updates
                 tok_s = tokens / (time.perf_counter() - t0)
                 epoch = self._epoch + (i + 1) / len(batches)
                 self._train_log.append({"step": self.num_updates, "epoch": epoch, LOSS_ACTOR: loss, TOKENS_PER_S: tok_s})
