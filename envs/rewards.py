@@ -157,6 +157,8 @@ def _pack(
         raise ValueError(f"got {len(hyps)} hypotheses but {len(refs_list)} reference sets")
     h_lens = np.array(list(map(len, hyps)), dtype=np.int64)
     h_flat = np.concatenate(hyps).astype(np.int64, copy=False) if h_lens.sum() else np.zeros(0, np.int64)
+    if h_flat.dtype != np.int64:
+        raise ValueError(f"token ids must be integers; got {h_flat.dtype}")
     if all(type(r) is np.ndarray for r in refs_list) and all(r.ndim == 1 for r in refs_list):
         flat_refs: Sequence[Sequence[int]] = refs_list
         n_refs = np.ones(len(refs_list), dtype=np.int64)
@@ -237,6 +239,8 @@ def _prefix_stats(
         hyp_gid = gid[hyp_k]
         hit = hyp_k - starts[hyp_gid] < max_ref_count[hyp_gid]
         matches[elem[hyp_k[hit]], n] = 1
+        if n == MAX_ORDER - 1:
+            break
         # Groups seen in both a hypothesis (first in the group) and a reference (last) are extended.
         live_group = is_hyp[starts] & ~is_hyp[np.append(starts[1:], len(elem)) - 1]
         live = live_group[gid]
@@ -275,7 +279,10 @@ def prefix_bleu_batch(
         return []
     matches, ref_lens = _prefix_stats(h_flat, h_lens, r_flat, r_lens, n_refs)
     prefix_len = _positions(h_lens) + 1
-    r = closest_ref_len(prefix_len, np.repeat(ref_lens, h_lens, axis=0))
+    if ref_lens.shape[1] == 1:  # one reference each: it is the closest
+        r = np.repeat(ref_lens[:, 0], h_lens)
+    else:
+        r = closest_ref_len(prefix_len, np.repeat(ref_lens, h_lens, axis=0))
     bleu = bleu_from_stats(matches, ngram_totals(prefix_len), prefix_len, r, smooth)
     ends = np.cumsum(h_lens).tolist()
     return [bleu[a:b] for a, b in zip([0] + ends[:-1], ends)]
