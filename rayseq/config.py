@@ -580,6 +580,17 @@ def _flatten_keys(mapping: Mapping[Any, Any]) -> list[Any]:
 # ----------------------------------------------------------------------------- public API
 
 
+def _finish(b: "_Builder", cli: Mapping[str, Any], overrides: Sequence[str]) -> RunConfig:
+    """Apply named options (None = not given), then ``key=value`` overrides, and build."""
+    for key, value in cli.items():
+        if value is not None:
+            b.set(key, value, f"option {key}")
+    for item in overrides:
+        key, value = parse_override(item)
+        b.set(key, value, f"override {item!r}")
+    return b.build()
+
+
 def build_run_config(
     algo: str,
     algo_config_cls: type,
@@ -611,13 +622,7 @@ def build_run_config(
     b.layer(PRESETS[preset].get(task, {}), f"preset {preset!r} for task {task!r}")
     if config_file is not None:
         b.layer(load_config_file(config_file), f"config file {os.fspath(config_file)}")
-    for key, value in cli.items():
-        if value is not None:
-            b.set(key, value, f"option {key}")
-    for item in overrides:
-        key, value = parse_override(item)
-        b.set(key, value, f"override {item!r}")
-    return b.build()
+    return _finish(b, cli, overrides)
 
 
 def apply_overrides(
@@ -630,13 +635,7 @@ def apply_overrides(
         if key.startswith("algo.") and key[5:] in _MIRRORED_BY:
             continue  # mirrored; copied again from the run-level value
         b.set(key, value, "the existing run config", reserved_ok=True)
-    for key, value in cli.items():
-        if value is not None:
-            b.set(key, value, f"option {key}")
-    for item in overrides:
-        key, value = parse_override(item)
-        b.set(key, value, f"override {item!r}")
-    return b.build()
+    return _finish(b, cli, overrides)
 
 
 def to_dict(run_config: RunConfig) -> dict[str, Any]:

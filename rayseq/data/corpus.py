@@ -49,6 +49,17 @@ def _read_bytes(path: PathLike) -> bytes:
         ) from None
 
 
+def decode_utf8(data: bytes, location: PathLike | str, hint: str) -> str:
+    """``data`` as UTF-8 text; DataError naming ``location:line``, the bad byte, and ``hint``."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{where(location, line)}: not valid UTF-8 (byte {data[e.start:e.start + 1]!r} at offset {e.start}). {hint}"
+        ) from None
+
+
 def read_lines(path: PathLike) -> list[str]:
     """The lines of a UTF-8 text file (plain or ``.gz``), without line terminators.
 
@@ -57,14 +68,7 @@ def read_lines(path: PathLike) -> list[str]:
     A UTF-8 byte-order mark at the start of the file is ignored.
     """
     data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"{where(path, line)}: not valid UTF-8 (byte {data[e.start:e.start + 1]!r}). "
-            f"Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`."
-        ) from None
+    text = decode_utf8(data, path, "Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`.")
     text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines[-1] == "":

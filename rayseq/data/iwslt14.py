@@ -30,7 +30,8 @@ from pathlib import Path
 from sacremoses import MosesTokenizer
 from tqdm import tqdm
 
-from rayseq.data.errors import DataError, where
+from rayseq.data.corpus import decode_utf8
+from rayseq.data.errors import DataError
 
 PathLike = str | os.PathLike[str]
 
@@ -149,14 +150,7 @@ def read_members(archive: PathLike, names: Sequence[str]) -> dict[str, tuple[str
 
 def decode_lines(data: bytes, location: str) -> list[str]:
     """The ``\\n``-separated UTF-8 lines of ``data`` (as Perl reads them, no final empty line)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"{where(location, line)}: not valid UTF-8 ({e.reason} at byte {e.start}). "
-            f"The IWSLT files are UTF-8: re-download the archive or convert that file."
-        ) from None
+    text = decode_utf8(data, location, "The IWSLT files are UTF-8: re-download the archive or convert that file.")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
