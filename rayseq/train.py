@@ -83,7 +83,7 @@ def _build_algorithm(cfg: RunConfig, task: Task):
 
 def _local_actor(algo: Any, cfg: RunConfig, task: Task) -> Seq2Seq:
     model = Seq2Seq(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in algo.actor_state_dict().items()})
+    model.load_state_dict({k: torch.tensor(v) for k, v in algo.actor_state_dict().items()})  # copies (read-only arrays)
     return model.eval()
 
 
