@@ -9,7 +9,6 @@ from the latest checkpoint: same step counter, same schedule, same data order.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys
@@ -36,7 +35,6 @@ from rayseq.run_dir import atomic_write_json, prepare_run_dir, write_results
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.json"
-log = logging.getLogger("rayseq.train")
 
 
 def validate(model: Seq2Seq, task: Task, cfg: RunConfig, split: str = "valid") -> float:
