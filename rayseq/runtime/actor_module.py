@@ -32,7 +32,12 @@ class ActorRLModule(TorchRLModule):
         return {LOGITS: logits}
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        """Next-token logits for environment observations (teacher-forces the prefix)."""
+        """Next-token logits for environment observations.
+
+        Stateless: it re-runs the decoder over the whole prefix, O(T^2) per episode. Fine for
+        evaluation and RLlib's default runners; rollout workers for RL training must carry the
+        decoder state token to token instead (``Seq2Seq.step``).
+        """
         obs = batch[Columns.OBS]
         prefix, prefix_len = obs["prefix"].long(), obs["prefix_len"].long()  # [B, T], [B]
         b = prefix.shape[0]
