@@ -223,6 +223,30 @@ def soft_q_optimal(mdp: OracleMDP, tau: float) -> QTable:
     τ = 0 gives the standard (hard) Bellman optimality, V = max_w Q.
     """
     _check_tau(tau)
+    return _backward_q(mdp, lambda s, q: soft_v(q, tau))
+
+
+def soft_q_policy(mdp: OracleMDP, tau: float, policy: Policy) -> QTable:
+    """Soft Q^π of a fixed policy π (Eq. 9 with α = τ, γ = 1), for every non-terminal prefix.
+
+    Q^π(s, a) = r(s, a) + V^π(s'), V^π(s) = Σ_a π(a|s) (Q^π(s, a) − τ log π(a|s)) with 0 · log 0 = 0,
+    V^π = 0 at terminal states (after eos, or at length max_len).
+    """
+    _check_tau(tau)
+
+    def value(s: Prefix, q: np.ndarray) -> float:
+        pi = _check_policy(np.asarray(policy(s), dtype=np.float64), s, len(mdp.actions))
+        return soft_v_policy(q, pi, tau)
+
+    return _backward_q(mdp, value)
+
+
+def _backward_q(mdp: OracleMDP, value: Callable[[Prefix, np.ndarray], float]) -> QTable:
+    """Q(s, a) = r(s, a) + V(s + a) for every non-terminal prefix, longest first (γ = 1).
+
+    ``value(s, q)`` gives V(s) from Q(s, ·). V = 0 after eos and at length max_len (the last
+    step keeps Eq. 8: Q = r).
+    """
     mdp.precompute()
     q_table: QTable = {}
     v: dict[Prefix, float] = {}
@@ -233,29 +257,7 @@ def soft_q_optimal(mdp: OracleMDP, tau: float) -> QTable:
                 if a != mdp.eos:
                     q[i] += v[s + (a,)]
         q_table[s] = q
-        v[s] = soft_v(q, tau)
-    return q_table
-
-
-def soft_q_policy(mdp: OracleMDP, tau: float, policy: Policy) -> QTable:
-    """Soft Q^π of a fixed policy π (Eq. 9 with α = τ, γ = 1), for every non-terminal prefix.
-
-    Q^π(s, a) = r(s, a) + V^π(s'), V^π(s) = Σ_a π(a|s) (Q^π(s, a) − τ log π(a|s)) with 0 · log 0 = 0,
-    V^π = 0 at terminal states (after eos, or at length max_len).
-    """
-    _check_tau(tau)
-    mdp.precompute()
-    q_table: QTable = {}
-    v: dict[Prefix, float] = {}
-    for s in reversed(mdp.states()):
-        q = mdp.rewards(s)  # [A]
-        if len(s) + 1 < mdp.max_len:
-            for i, a in enumerate(mdp.actions):
-                if a != mdp.eos:
-                    q[i] += v[s + (a,)]
-        pi = _check_policy(np.asarray(policy(s), dtype=np.float64), s, len(mdp.actions))
-        q_table[s] = q
-        v[s] = soft_v_policy(q, pi, tau)
+        v[s] = value(s, q)
     return q_table
 
 
