@@ -1,0 +1,300 @@
+"""Sampling translations from the actor by stepping the sequence-prediction vector env.
+
+:class:`RolloutSampler` is what a rollout worker runs: it steps a native
+:class:`envs.vector.SeqPredVectorEnv` of M sub-environments with actions drawn from the actor,
+**incrementally**: each source is encoded once when its episode starts, and the decoder state
+(LSTM h/c, last attentional output) is carried from token to token, so a step costs one decoder
+step for the M rows together — never a re-run over the prefix. When a sub-episode ends, that row
+alone is reset (``reset_mask``), its new source encoded and written into the row of the batched
+encoder memory, and sampling continues: all M rows stay busy, there is no tail of a "wave".
+
+Rewards come from the environment (BLEU increments, Eq. 13, ×|y*| by default); the env also
+enforces the per-episode length cap min(|y*| + slack, max_len) (the last token of a capped episode
+is terminal; no eos is emitted). What comes out, one :class:`Episode` per finished episode, keeps
+everything the learner needs: source, reference, sampled tokens, rewards, behaviour log-probs and
+the version of the weights that sampled it.
+
+:func:`collate` pads a list of episodes into the learner's columns (the step layout of
+``rayseq.algorithms.erac``). Plain torch/numpy; no ray.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from envs.vector import SeqPredVectorEnv
+from rayseq.algorithms.erac import policy_log_probs
+from rayseq.decoding import BANNED_TOKENS, sample_categorical
+from rayseq.models.base import BOS, EOS, PAD
+from rayseq.models.seq2seq import DecState, EncoderOut, Seq2Seq
+
+
+@dataclass
+class Episode:
+    """One sampled translation y_1 … y_L (eos excluded) of source x against reference y*."""
+
+    src: np.ndarray
+    """Source token ids ``[S]`` (float features ``[D]`` for captioning)."""
+    ref: np.ndarray
+    """Reference y* ``[R]``, no bos/eos."""
+    tokens: np.ndarray
+    """Sampled tokens ``[L]``, no bos/eos."""
+    rewards: np.ndarray
+    """``[L + 1]`` float32: r_t of the action taken in state y_1..t (t = L: the eos step, 0)."""
+    logp: np.ndarray
+    """``[L + 1]`` float32: behaviour log π(a_t | s_t); t = L is log π(eos) (0 when capped)."""
+    capped: bool
+    """The episode hit the length cap: its last token is terminal, no eos was chosen."""
+    version: int
+    """Weights version that started the episode (the learner's update counter when pushed)."""
+    index: int
+    """Pair index in the training data."""
+
+    @property
+    def length(self) -> int:
+        return int(len(self.tokens))
+
+    @property
+    def bleu_scaled(self) -> float:
+        """Σ_t r_t: the episode's sentence BLEU × the reward scale."""
+        return float(self.rewards.sum())
+
+
+class RolloutSampler:
+    """Samples episodes from ``actor`` on ``env`` with carried decoder state (see module doc)."""
+
+    def __init__(
+        self,
+        actor: Seq2Seq,
+        env: SeqPredVectorEnv,
+        *,
+        seed: int = 0,
+        temperature: float = 1.0,
+        banned: Sequence[int] = BANNED_TOKENS,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"RolloutSampler: temperature={temperature} must be > 0.")
+        if env.pairs.features:
+            raise ValueError("RolloutSampler: feature sources (captioning) need an image encoder; not supported yet.")
+        self.actor = actor
+        self.env = env
+        self.temperature = float(temperature)
+        self.banned = tuple(banned)
+        self.device = torch.device(device)
+        self.version = 0
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self._seed = int(seed)
+        self._started = False
+        m, cap = env.num_envs, env.config.max_len
+        self._tokens = np.zeros((m, cap + 1), dtype=np.int64)  # sampled tokens per row
+        self._rewards = np.zeros((m, cap + 1), dtype=np.float32)
+        self._logp = np.zeros((m, cap + 1), dtype=np.float32)
+        self._pos = np.zeros(m, dtype=np.int64)  # actions taken in the current episode
+        self._version = np.zeros(m, dtype=np.int64)
+        self._obs: dict[str, np.ndarray] = {}
+        self._enc: EncoderOut | None = None
+        self._state: DecState | None = None
+        self._last = torch.full((m,), BOS, dtype=torch.long, device=self.device)
+        self.tokens_sampled = 0
+
+    # ------------------------------------------------------------------ weights
+
+    def set_weights(self, state_dict: dict, version: int) -> None:
+        """Load the actor's weights; episodes started from now on carry ``version``.
+
+        Episodes already running continue from their decoder state with the new weights (their
+        recorded log-probs are those of the actions actually drawn).
+        """
+        self.actor.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()})
+        self.version = int(version)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def collect(self, num_episodes: int) -> list[Episode]:
+        """Step all M rows until ``num_episodes`` episodes have finished; return them.
+
+        Episodes still running are kept for the next call.
+        """
+        if num_episodes < 1:
+            raise ValueError(f"collect: num_episodes={num_episodes} must be >= 1.")
+        self.actor.eval()
+        if not self._started:
+            obs, _ = self.env.reset(seed=self._seed)
+            self._obs = obs
+            self._start_rows(np.arange(self.env.num_envs))
+            self._started = True
+        out: list[Episode] = []
+        m = self.env.num_envs
+        rows = np.arange(m)
+        while len(out) < num_episodes:
+            logits, self._state = self.actor.step(self._enc, self._state, self._last)  # [M, V]
+            logp = policy_log_probs(logits / self.temperature if self.temperature != 1.0 else logits, self.banned)
+            actions = sample_categorical(logp, self.generator)  # [M]
+            chosen = logp.gather(1, actions.unsqueeze(1)).squeeze(1)  # [M]
+            act_np = actions.cpu().numpy()
+            obs, rewards, terminated, truncated, _ = self.env.step(act_np)
+            pos = self._pos
+            self._tokens[rows, pos] = act_np
+            self._rewards[rows, pos] = rewards
+            self._logp[rows, pos] = chosen.float().cpu().numpy()
+            self._pos += 1
+            self.tokens_sampled += m
+            self._last = actions
+            done = np.flatnonzero(terminated | truncated)
+            self._obs = obs
+            if done.size:
+                for i in done:
+                    out.append(self._finish(int(i)))
+                obs, _ = self.env.reset(options={"reset_mask": terminated | truncated})
+                for k, v in obs.items():
+                    self._obs[k][done] = v[done]
+                self._start_rows(done)
+        return out
+
+    def _finish(self, i: int) -> Episode:
+        n = int(self._pos[i])  # actions taken: L + 1 with eos, L when capped
+        acts = self._tokens[i, :n]
+        capped = bool(acts[-1] != EOS)
+        length = n if capped else n - 1
+        rewards = np.zeros(length + 1, dtype=np.float32)
+        logp = np.zeros(length + 1, dtype=np.float32)
+        rewards[:n] = self._rewards[i, :n]
+        logp[:n] = self._logp[i, :n]
+        o = self._obs
+        return Episode(
+            src=o["src"][i, : o["src_len"][i]].copy(),
+            ref=o["ref"][i, : o["ref_len"][i]].copy(),
+            tokens=acts[:length].copy(),
+            rewards=rewards,
+            logp=logp,
+            capped=capped,
+            version=int(self._version[i]),
+            index=int(self.env._buf.index[i]),  # noqa: SLF001 (the env's pair bookkeeping)
+        )
+
+    def _start_rows(self, rows: np.ndarray) -> None:
+        """Encode the new sources of ``rows`` and reset their decoder state to ``<bos>``."""
+        o = self._obs
+        lens = o["src_len"][rows]
+        width = int(lens.max())
+        src = torch.as_tensor(o["src"][rows, :width], device=self.device)
+        enc = self.actor.encode(src, torch.as_tensor(lens, device=self.device))
+        idx = torch.as_tensor(rows, device=self.device)
+        if self._enc is None:
+            m = self.env.num_envs
+            self._enc = _blank_encoder(enc, m, width)
+            self._state = DecState(
+                h=enc.h0.new_zeros(m, enc.h0.size(1)),
+                c=enc.c0.new_zeros(m, enc.c0.size(1)),
+                att_out=enc.h0.new_zeros(m, enc.h0.size(1)),
+            )
+        if width > self._enc.memory.size(1):
+            self._enc = _widen(self._enc, width)
+        full = self._enc.memory.size(1)
+        self._enc.memory[idx] = _pad_time(enc.memory, full)
+        self._enc.mask[idx] = _pad_time(enc.mask, full)
+        if self._enc.keys is not None:
+            self._enc.keys[idx] = _pad_time(enc.keys, full)
+        self._enc.h0[idx] = enc.h0
+        self._enc.c0[idx] = enc.c0
+        init = self.actor.init_state(enc)
+        self._state.h[idx] = init.h
+        self._state.c[idx] = init.c
+        self._state.att_out[idx] = init.att_out
+        self._last[idx] = BOS
+        self._pos[rows] = 0
+        self._version[rows] = self.version
+
+
+def _pad_time(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad dim 1 of ``x`` with zeros (False) to ``width``."""
+    if x.size(1) == width:
+        return x
+    pad = x.new_zeros((x.size(0), width - x.size(1), *x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
+def _blank_encoder(like: EncoderOut, m: int, width: int) -> EncoderOut:
+    def blank(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.new_zeros((m, width, *t.shape[2:]))
+
+    return EncoderOut(
+        memory=blank(like.memory),
+        mask=like.mask.new_zeros((m, width)),
+        h0=like.h0.new_zeros((m, like.h0.size(1))),
+        c0=like.c0.new_zeros((m, like.c0.size(1))),
+        keys=blank(like.keys),
+    )
+
+
+def _widen(enc: EncoderOut, width: int) -> EncoderOut:
+    return EncoderOut(
+        memory=_pad_time(enc.memory, width),
+        mask=_pad_time(enc.mask, width),
+        h0=enc.h0,
+        c0=enc.c0,
+        keys=None if enc.keys is None else _pad_time(enc.keys, width),
+    )
+
+
+# ====================================================================== learner columns
+
+COLUMNS = (
+    "src", "src_len", "ref", "ref_len", "tgt_in", "actions", "rewards", "behaviour_logp",
+    "lengths", "capped", "version", "ref_in", "ref_out",
+)
+"""The columns :func:`collate` produces (one row per episode)."""
+
+
+def collate(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
+    """Pad ``episodes`` into the learner's columns (``rayseq.algorithms.erac`` step layout).
+
+    * ``src [N, S]``, ``src_len [N]``; ``ref [N, R]``, ``ref_len [N]`` (no bos/eos);
+    * ``tgt_in [N, T]`` = ``<bos> y_1 … y_L <pad>…`` (T = max L + 1), the states;
+    * ``actions [N, T]`` = ``y_1 … y_L <eos>`` (the eos of a capped episode is not a step);
+    * ``rewards``, ``behaviour_logp`` ``[N, T]`` float32 (0 after the last step);
+    * ``lengths [N]`` (L), ``capped [N]`` bool, ``version [N]``;
+    * ``ref_in [N, R + 1]`` = ``<bos> y*``, ``ref_out [N, R + 1]`` = ``y* <eos>`` for the MLE term.
+    """
+    if not episodes:
+        raise ValueError("collate: no episodes.")
+    n = len(episodes)
+    lengths = np.array([e.length for e in episodes], dtype=np.int64)
+    src_len = np.array([len(e.src) for e in episodes], dtype=np.int64)
+    ref_len = np.array([len(e.ref) for e in episodes], dtype=np.int64)
+    t, s, r = int(lengths.max()) + 1, int(src_len.max()), int(ref_len.max())
+    out = {
+        "src": np.full((n, s), PAD, dtype=np.int64),
+        "src_len": src_len,
+        "ref": np.full((n, r), PAD, dtype=np.int64),
+        "ref_len": ref_len,
+        "tgt_in": np.full((n, t), PAD, dtype=np.int64),
+        "actions": np.full((n, t), PAD, dtype=np.int64),
+        "rewards": np.zeros((n, t), dtype=np.float32),
+        "behaviour_logp": np.zeros((n, t), dtype=np.float32),
+        "lengths": lengths,
+        "capped": np.array([e.capped for e in episodes], dtype=bool),
+        "version": np.array([e.version for e in episodes], dtype=np.int64),
+        "ref_in": np.full((n, r + 1), PAD, dtype=np.int64),
+        "ref_out": np.full((n, r + 1), PAD, dtype=np.int64),
+    }
+    for i, e in enumerate(episodes):
+        L, S, R = e.length, len(e.src), len(e.ref)
+        out["src"][i, :S] = e.src
+        out["ref"][i, :R] = e.ref
+        out["tgt_in"][i, 0] = BOS
+        out["tgt_in"][i, 1 : L + 1] = e.tokens
+        out["actions"][i, :L] = e.tokens
+        out["actions"][i, L] = EOS
+        out["rewards"][i, : L + 1] = e.rewards
+        out["behaviour_logp"][i, : L + 1] = e.logp
+        out["ref_in"][i, 0] = BOS
+        out["ref_in"][i, 1 : R + 1] = e.ref
+        out["ref_out"][i, :R] = e.ref
+        out["ref_out"][i, R] = EOS
+    return out
