@@ -87,3 +87,29 @@ class SeqPredVectorEnv(VectorEnv):
             }
         truncated = np.zeros(self.num_envs, dtype=bool)
         return self._buf.obs(slice(None)), rewards, terminated, truncated, infos
+
+    def step_rows(self, rows, actions) -> tuple[np.ndarray, np.ndarray]:
+        """Advance only sub-environments ``rows`` by ``actions``; returns (rewards, terminated).
+
+        A non-gymnasium extension for on-policy "waves": a sampler that starts a set of episodes
+        with ``reset(options={"reset_mask": ...})`` and steps each row until it ends, with no
+        autoreset (the others stay untouched). A finished row must be reset before it is stepped
+        again. Read the observations with :meth:`observations`.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        actions = np.asarray(actions, dtype=np.int64).reshape(rows.shape)
+        if rows.size and self._autoreset[rows].any():
+            raise RuntimeError(
+                f"step_rows: row {int(rows[self._autoreset[rows]][0])} has finished its episode; reset it first."
+            )
+        bad = (actions < 0) | (actions >= self.pairs.tgt_vocab_size)
+        if bad.any():
+            raise ValueError(f"action {int(actions[bad][0])} outside the target vocabulary [0, {self.pairs.tgt_vocab_size})")
+        rewards, terminated = self._buf.advance(rows, actions)
+        self._autoreset[rows] = terminated
+        return rewards, terminated
+
+    def observations(self) -> dict[str, np.ndarray]:
+        """Copies of the current observations of every sub-environment."""
+        return self._buf.obs(slice(None))
+

@@ -75,6 +75,7 @@ class RolloutSampler:
         temperature: float = 1.0,
         banned: Sequence[int] = BANNED_TOKENS,
         device: str | torch.device = "cpu",
+        train_mode: bool = False,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"RolloutSampler: temperature={temperature} must be > 0.")
@@ -83,6 +84,8 @@ class RolloutSampler:
         self.actor = actor
         self.env = env
         self.temperature = float(temperature)
+        self.train_mode = bool(train_mode)
+        """Sample with the actor in train mode (dropout on), as the official code does."""
         self.banned = tuple(banned)
         self.device = torch.device(device)
         self.version = 0
@@ -115,14 +118,24 @@ class RolloutSampler:
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
-    def collect(self, num_episodes: int) -> list[Episode]:
-        """Step all M rows until ``num_episodes`` episodes have finished; return them.
+    def collect(self, num_episodes: int, on_policy: bool = False) -> list[Episode]:
+        """``num_episodes`` (or a few more) finished episodes.
 
-        Episodes still running are kept for the next call.
+        ``on_policy=False`` (continuous): step all M rows, each row restarting as soon as its
+        episode ends, until ``num_episodes`` have finished; episodes still running are kept for
+        the next call (they may then finish under newer weights: their version is the one they
+        started with). ``on_policy=True`` (waves): start exactly ``num_episodes`` fresh episodes
+        (in waves of at most M) with the current weights and run each to its end; nothing is
+        carried over, so every episode is sampled by one version of the weights.
         """
         if num_episodes < 1:
             raise ValueError(f"collect: num_episodes={num_episodes} must be >= 1.")
-        self.actor.eval()
+        self.actor.train(self.train_mode)
+        if on_policy:
+            out: list[Episode] = []
+            while len(out) < num_episodes:
+                out.extend(self._wave(min(self.env.num_envs, num_episodes - len(out))))
+            return out
         if not self._started:
             obs, _ = self.env.reset(seed=self._seed)
             self._obs = obs
@@ -154,6 +167,44 @@ class RolloutSampler:
                 for k, v in obs.items():
                     self._obs[k][done] = v[done]
                 self._start_rows(done)
+        return out
+
+    def _wave(self, w: int) -> list[Episode]:
+        """Start episodes in rows 0..w-1 and step only the unfinished ones until all end."""
+        m = self.env.num_envs
+        mask = np.zeros(m, dtype=bool)
+        mask[:w] = True
+        self._obs, _ = self.env.reset(options={"reset_mask": mask})
+        self._started = False  # the continuous mode must reset every row again
+        active = np.arange(w)
+        self._start_rows(active)
+        out: list[Episode] = []
+        while active.size:
+            idx = torch.as_tensor(active, device=self.device)
+            full = active.size == m
+            enc = self._enc if full else self._enc.index_select(idx)
+            state = self._state if full else self._state.index_select(idx)
+            logits, new = self.actor.step(enc, state, self._last[idx])
+            logp = policy_log_probs(logits / self.temperature if self.temperature != 1.0 else logits, self.banned)
+            actions = sample_categorical(logp, self.generator)
+            chosen = logp.gather(1, actions.unsqueeze(1)).squeeze(1)
+            act_np = actions.cpu().numpy()
+            rewards, terminated = self.env.step_rows(active, act_np)
+            pos = self._pos[active]
+            self._tokens[active, pos] = act_np
+            self._rewards[active, pos] = rewards
+            self._logp[active, pos] = chosen.float().cpu().numpy()
+            self._pos[active] += 1
+            self.tokens_sampled += int(active.size)
+            if full:
+                self._state = new
+                self._last = actions
+            else:
+                self._state.h[idx], self._state.c[idx], self._state.att_out[idx] = new.h, new.c, new.att_out
+                self._last[idx] = actions
+            for i in active[terminated]:
+                out.append(self._finish(int(i)))
+            active = active[~terminated]
         return out
 
     def _finish(self, i: int) -> Episode:

@@ -21,14 +21,17 @@ def _actor(vocab_src: int, vocab_tgt: int, input_feeding: bool = False) -> Seq2S
     return Seq2Seq(cfg).eval()
 
 
-@pytest.mark.parametrize("input_feeding", [False, True])
-def test_incremental_sampling_matches_teacher_forced_log_probs_and_env_rewards(input_feeding: bool) -> None:
+@pytest.mark.parametrize("input_feeding,on_policy", [(False, False), (True, False), (False, True)])
+def test_incremental_sampling_matches_teacher_forced_log_probs_and_env_rewards(input_feeding: bool, on_policy: bool) -> None:
     torch.set_num_threads(1)
     pairs = toy_pairs(num_pairs=64, max_len=7, seed=3)
     env = SeqPredVectorEnv(pairs, 5, SeqPredConfig(max_len=6, len_slack=2))
     actor = _actor(pairs.src_vocab_size, pairs.tgt_vocab_size, input_feeding)
     sampler = RolloutSampler(actor, env, seed=1)
-    episodes = sampler.collect(30) + sampler.collect(7)  # rows restart many times, widths change
+    sampler.set_weights(actor.state_dict(), version=2)
+    episodes = sampler.collect(30, on_policy) + sampler.collect(7, on_policy)  # rows restart, widths change
+    if on_policy:
+        assert len(episodes) == 37 and {e.version for e in episodes} == {2}
     assert len(episodes) >= 37
     assert any(e.capped for e in episodes) and not all(e.capped for e in episodes)
     batch = collate(episodes)
@@ -68,6 +71,21 @@ def test_sampler_on_translation_pairs_and_weights_version() -> None:
     assert 7 in {e.version for e in later}
     total = sum(e.bleu_scaled for e in later)
     assert np.isfinite(total)
+
+
+def test_step_rows_steps_only_the_given_rows_and_refuses_finished_ones() -> None:
+    pairs = toy_pairs(num_pairs=16, seed=1)
+    env = SeqPredVectorEnv(pairs, 3, SeqPredConfig(max_len=4, len_slack=1))
+    env.reset(seed=0)
+    before = env.observations()
+    rewards, done = env.step_rows(np.array([1]), np.array([EOS]))
+    after = env.observations()
+    assert done.tolist() == [True] and rewards.tolist() == [0.0]
+    np.testing.assert_array_equal(before["prefix"], after["prefix"])
+    with pytest.raises(RuntimeError, match="reset it first"):
+        env.step_rows(np.array([1]), np.array([4]))
+    env.step_rows(np.array([0, 2]), np.array([4, 5]))
+    assert env.observations()["prefix_len"].tolist() == [1, 0, 1]
 
 
 def test_collate_layout() -> None:

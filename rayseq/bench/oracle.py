@@ -92,7 +92,7 @@ class OracleBenchConfig:
     """Phase 2: joint critic + actor updates (ERAC, Eq. 18–20)."""
     batch_size: int = 64
     """Sequences sampled from the actor per update."""
-    critic_lr: float = 3e-3
+    critic_lr: float = 1e-2
     """Adam learning rate of the critic (both phases; cosine-decayed within each)."""
     actor_lr: float = 3e-3
     """Adam learning rate of the actor (phase 2; cosine-decayed)."""
@@ -102,9 +102,9 @@ class OracleBenchConfig:
     """β: Polyak rate of the target critic, after every critic update."""
     grad_clip: float = 5.0
     """Max global gradient L2 norm of each network."""
-    emb_dim: int = 16
+    emb_dim: int = 32
     """Embedding size of actor and critic."""
-    hidden: int = 32
+    hidden: int = 64
     """Decoder LSTM size of actor and critic (the BiLSTM encoder has hidden / 2 per direction)."""
     actor_init_range: float = 0.3
     """U(−r, r) initialisation of the actor: large enough for a clearly non-uniform π_θ."""
@@ -270,7 +270,7 @@ class Bench:
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip)
         opt.step()
         polyak_update(self.target, self.critic, self.cfg.beta)
-        return float(out.td)
+        return float(out.td.detach())
 
     def actor_update(self, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> float:
         """One step of Eq. (20), λ_mle = 0, no L2 normalisation of log π, Q from the critic."""
@@ -285,7 +285,7 @@ class Bench:
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.grad_clip)
         opt.step()
-        return float(out.objective)
+        return float(out.objective.detach())
 
 
 def _adam(params, lr: float, betas: tuple[float, float], steps: int):

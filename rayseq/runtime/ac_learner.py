@@ -1,0 +1,209 @@
+"""The actor-critic RLModule and TorchLearner of AC / ERAC (Dai et al. 2018, §4.2).
+
+:class:`ActorCriticRLModule` holds the actor (the same ``Seq2Seq`` every algorithm uses), the
+critic (reads the reference) and the Polyak-averaged target critic. Rollout workers build it
+``inference_only``: the actor alone (critic weights never travel to them).
+
+One learner update reads a batch of sampled episodes (``rayseq.rollout.collate`` columns) and
+makes **one teacher-forced pass** per network: the actor over ``<bos> + sample`` and
+``<bos> + y*`` together (the source encoded once, both decoder inputs in one call), the critic
+and the target critic over ``<bos> + sample``. Then Eq. (19) → Eq. (18) for the critic and
+Eq. (20) + λ_mle·MLE for the actor, one backward for both (their parameters are disjoint, each
+loss only reaches its own network), each model's gradient clipped to its own global norm, two
+Adam optimisers, and the Polyak step φ̄ ← (1 − β)φ̄ + βφ after every update.
+
+Stages (``set_stage``): ``"critic"`` trains the critic against the frozen actor (no actor
+gradient, no MLE pass); ``"joint"`` trains both.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
+from ray.rllib.utils.annotations import override
+
+from rayseq.algorithms.erac import (
+    ERACConfig,
+    critic_loss,
+    entropy,
+    erac_actor_loss,
+    gather_actions,
+    policy_log_probs,
+    soft_td_target,
+    soft_value,
+    step_masks,
+)
+from rayseq.metrics import ENTROPY, LOSS_ACTOR, LOSS_CRITIC_TD, LOSS_MLE
+from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
+from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from rayseq.runtime.actor_module import ActorRLModule
+
+STAGES = ("critic", "joint")
+ACTOR_LOGITS, MLE_LOGITS, Q, Q_TARGET = "actor_logits", "mle_logits", "q", "q_target"
+LOSS_CRITIC_VAR, Q_TAKEN, ACTOR_OBJECTIVE = "loss/critic_var", "critic/q_taken", "loss/actor_objective"
+
+
+class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
+    """actor + critic + target critic; ``model_config`` = actor ``Seq2SeqConfig`` fields plus
+    ``critic`` (a dict of ``CriticConfig`` overrides)."""
+
+    def setup(self) -> None:
+        cfg = dict(self.model_config)
+        critic_overrides = cfg.pop("critic", None) or {}
+        self.actor = Seq2Seq(Seq2SeqConfig(**cfg))
+        self.stage = "joint"
+        if not self.inference_only:
+            self.critic = Critic(CriticConfig.like_actor(self.actor.cfg, **critic_overrides))
+            self.target_critic = make_target(self.critic)
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["critic", "target_critic"]
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        tgt_in, ref, ref_len = batch["tgt_in"], batch["ref"], batch["ref_len"]
+        if self.stage == "critic":
+            with torch.no_grad():
+                out = {ACTOR_LOGITS: self.actor(batch["src"], batch["src_len"], tgt_in)}
+        else:
+            enc = self.actor.encode(batch["src"], batch["src_len"])
+            ref_in = batch["ref_in"]
+            n, t, r = tgt_in.size(0), tgt_in.size(1), ref_in.size(1)
+            width = max(t, r)
+            both = tgt_in.new_zeros((2 * n, width))  # <pad> = 0
+            both[:n, :t] = tgt_in
+            both[n:, :r] = ref_in
+            enc2 = enc.index_select(torch.arange(n, device=tgt_in.device).repeat(2))
+            logits = self.actor.decode(enc2, both)  # [2N, W, V]
+            out = {ACTOR_LOGITS: logits[:n, :t], MLE_LOGITS: logits[n:, :r]}
+        out[Q] = self.critic(ref, ref_len, tgt_in)  # [N, T, V]
+        with torch.no_grad():
+            out[Q_TARGET] = self.target_critic(ref, ref_len, tgt_in)
+        return out
+
+
+class ActorCriticLearner(TorchLearner):
+    """Critic + actor updates of AC / ERAC; the algorithm config is ``config.objective_config``."""
+
+    @override(TorchLearner)
+    def build(self) -> None:
+        super().build()
+        self.erac = ERACConfig(**self.config.objective_config)
+
+    def _ac(self, module_id) -> ActorCriticRLModule:
+        module = self.module[module_id]
+        return module.unwrapped() if hasattr(module, "unwrapped") else module
+
+    @override(TorchLearner)
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        erac = ERACConfig(**config.objective_config)
+        module = self._ac(module_id)
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer_name="actor",
+            optimizer=torch.optim.Adam(module.actor.parameters(), lr=erac.actor_lr, betas=erac.adam_betas),
+            params=list(module.actor.parameters()),
+            lr_or_lr_schedule=None,
+        )
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer_name="critic",
+            optimizer=torch.optim.Adam(
+                module.critic.parameters(), lr=erac.critic_pretrain_lr, betas=erac.critic_pretrain_adam_betas
+            ),
+            params=list(module.critic.parameters()),
+            lr_or_lr_schedule=None,
+        )
+
+    # ----------------------------------------------------------------- driver calls
+
+    def set_stage(self, stage: str) -> None:
+        """``"critic"`` (pretraining, actor frozen) or ``"joint"``; sets each optimiser's lr/betas."""
+        if stage not in STAGES:
+            raise ValueError(f"set_stage: stage={stage!r}; use one of {STAGES}.")
+        for module_id in self.module.keys():
+            self._ac(module_id).stage = stage
+            critic_opt = self.get_optimizer(module_id, "critic")
+            lr, betas = (
+                (self.erac.critic_pretrain_lr, self.erac.critic_pretrain_adam_betas)
+                if stage == "critic"
+                else (self.erac.critic_lr, self.erac.adam_betas)
+            )
+            for group in critic_opt.param_groups:
+                group["lr"], group["betas"] = lr, betas
+
+    def load_actor(self, state_dict: dict[str, Any]) -> None:
+        """Load actor weights (``Seq2Seq`` keys), e.g. the MLE-pretrained actor."""
+        for module_id in self.module.keys():
+            self._ac(module_id).actor.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()})
+
+    def set_lr(self, lr: float) -> None:
+        """The actor's learning rate (the driver's decay on no validation improvement)."""
+        for module_id in self.module.keys():
+            for group in self.get_optimizer(module_id, "actor").param_groups:
+                group["lr"] = lr
+
+    # ----------------------------------------------------------------- loss
+
+    @override(TorchLearner)
+    def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out) -> torch.Tensor:
+        erac = self.erac
+        module = self._ac(module_id)
+        logits, q, q_bar = fwd_out[ACTOR_LOGITS], fwd_out[Q], fwd_out[Q_TARGET]
+        mask, done = step_masks(batch["lengths"], batch["capped"], logits.size(1))
+        logp = policy_log_probs(logits.detach(), erac.exclude_tokens)  # [N, T, V]
+        v_bar = soft_value(q_bar, logp, erac.target_tau, mask)  # Eq. (9) on Q̄
+        target = soft_td_target(batch["rewards"].float(), v_bar, done, mask)  # Eq. (19)
+        q_taken = gather_actions(q, batch["actions"])
+        closs = critic_loss(q_taken, target, q, mask, erac.lambda_var, erac.exclude_tokens)  # Eq. (18)
+        total = closs.loss
+        log = self.metrics.log_value
+        log((module_id, LOSS_CRITIC_TD), closs.td.item(), window=1)
+        log((module_id, LOSS_CRITIC_VAR), closs.var.item(), window=1)
+        log((module_id, Q_TAKEN), (q_taken.detach().masked_fill(~mask, 0).sum() / mask.sum().clamp(min=1)).item(), window=1)
+        log((module_id, ENTROPY), entropy(logp, mask).item(), window=1)
+        if module.stage == "joint":
+            aloss = erac_actor_loss(
+                logits, q.detach(), mask, erac.tau, erac.lambda_mle,
+                fwd_out[MLE_LOGITS], batch["ref_out"], erac.normalize_logpi_l2, erac.exclude_tokens,
+            )  # Eq. (20) + λ_mle·MLE
+            total = total + aloss.loss
+            log((module_id, LOSS_ACTOR), aloss.loss.item(), window=1)
+            log((module_id, ACTOR_OBJECTIVE), aloss.objective.item(), window=1)
+            log((module_id, LOSS_MLE), aloss.mle.item(), window=1)
+        log((module_id, "num_steps"), int(mask.sum()), reduce="sum")
+        return total
+
+    @override(TorchLearner)
+    def compute_gradients(self, loss_per_module, **kwargs):
+        grads = super().compute_gradients(loss_per_module, **kwargs)
+        return {pid: g for pid, g in grads.items() if g is not None}  # frozen actor: no grads
+
+    @override(TorchLearner)
+    def postprocess_gradients_for_module(self, *, module_id, config=None, module_gradients_dict):
+        """Clip each model (actor, critic) to its own global norm ``grad_clip``."""
+        for name, optimizer in self.get_optimizers_for_module(module_id):
+            grads = [g for g in self.filter_param_dict_for_optimizer(module_gradients_dict, optimizer).values()]
+            if not grads:
+                continue
+            norm = clip_global_norm_(grads, self.erac.grad_clip)
+            self.metrics.log_value((module_id, f"grad_norm/{name}"), float(norm), window=1)
+        return module_gradients_dict
+
+    @override(TorchLearner)
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        for module_id in self.module.keys():
+            module = self._ac(module_id)
+            polyak_update(module.target_critic, module.critic, self.erac.beta)
+
+
+@torch.no_grad()
+def clip_global_norm_(grads: list[torch.Tensor], max_norm: float) -> float:
+    """Scale ``grads`` in place so their global L2 norm is at most ``max_norm``; returns the norm before."""
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
+    return float(norm)
