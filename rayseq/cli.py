@@ -96,6 +96,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder with the task's files (iwslt14)")
     p.add_argument("--num-learners", type=int, help="remote learner processes (0: in the driver)")
     p.add_argument("--num-gpus-per-learner", type=float, help="default: 1 when CUDA is available, else 0")
+    p.add_argument("--num-rollout-workers", type=int, help="rollout workers sampling from the actor (RL algorithms; 0: in the driver)")
+    p.add_argument("--envs-per-worker", type=int, help="sequences each rollout worker samples in parallel")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private in-process Ray)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. epochs=5 algo.lr=0.3 model.dropout=0.2")
@@ -112,6 +114,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "data_dir": args.data_dir,
         "num_learners": args.num_learners,
         "num_gpus_per_learner": args.num_gpus_per_learner,
+        "num_rollout_workers": args.num_rollout_workers,
+        "envs_per_worker": args.envs_per_worker,
     }
     if args.resume:
         old = read_run_json(args.resume)
@@ -127,8 +131,15 @@ def _run_train(args: argparse.Namespace) -> int:
             args.algo, entry.config_cls, args.preset, args.task, args.overrides, args.config, out=args.out, **cli
         )
     results = train(cfg, resume=bool(args.resume), address=args.address)
-    print(json.dumps({"run_dir": cfg.out, "bleu_test": results["test"]["bleu"], "sacrebleu_test": results["test"]["sacrebleu"],
-                      "bleu_valid_best": results["bleu/valid"], "epochs": results["epochs"], "wall_time_s": round(results["wall_time_s"], 1)}))
+    summary = {"run_dir": cfg.out, "bleu_test": results["test"]["bleu"], "sacrebleu_test": results["test"]["sacrebleu"],
+               "bleu_valid_best": results["bleu/valid"]}
+    if "mle" in results:  # actor-critic: the MLE stage's figures next to the final ones
+        summary.update({"mle_bleu_test": results["mle"]["test"].get("bleu"), "mle_sacrebleu_test": results["mle"]["test"].get("sacrebleu"),
+                        "updates": results["updates"], "collapsed": results["collapsed"]})
+    else:
+        summary["epochs"] = results["epochs"]
+    summary["wall_time_s"] = round(results["wall_time_s"], 1)
+    print(json.dumps(summary))
     return 0
 
 

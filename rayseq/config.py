@@ -121,6 +121,10 @@ class RunConfig:
     """Remote learner processes; 0 = one learner inside the driver process."""
     num_gpus_per_learner: float | None = None
     """GPUs per learner; None = auto (1 if ``torch.cuda.is_available()`` else 0, at run time)."""
+    num_rollout_workers: int = 2
+    """Remote rollout workers sampling from the actor (RL algorithms); 0 = sample in the driver."""
+    envs_per_worker: int = 64
+    """Sequences each rollout worker samples in parallel (its vector env's size)."""
     epochs: int = 30
     """Upper limit on training epochs (the algorithm's schedule may stop earlier)."""
     batch_size: int = 50
@@ -168,6 +172,12 @@ class RunConfig:
             raise ConfigError(
                 f"RunConfig.num_learners={self.num_learners}: must be >= 0 (0 = learner in the driver)."
             )
+        if self.num_rollout_workers < 0:
+            raise ConfigError(
+                f"RunConfig.num_rollout_workers={self.num_rollout_workers}: must be >= 0 (0 = sample in the driver)."
+            )
+        if self.envs_per_worker < 1:
+            raise ConfigError(f"RunConfig.envs_per_worker={self.envs_per_worker}: must be >= 1.")
         if self.num_gpus_per_learner is not None and not (
             math.isfinite(self.num_gpus_per_learner) and self.num_gpus_per_learner >= 0
         ):
@@ -218,6 +228,10 @@ _TOY: dict[str, Any] = {
     "model.enc_hidden": 32,
     "model.dec_hidden": 64,
     "model.dropout": 0.1,
+    # actor-critic stages: seconds, not minutes (200 pairs / batch 50 = 4 updates per epoch)
+    "algo.critic_pretrain_epochs": 2.0,
+    "algo.joint_epochs": 2.0,
+    "algo.valid_every": 4,
 }
 """The toy task under every preset: a tiny model, a few epochs; a full run takes seconds."""
 
@@ -457,8 +471,14 @@ class _Builder:
         run_keys = sorted(k for k, s in self.table.items() if s.section == "run" and k not in RESERVED_KEYS)
         return f"valid keys: {', '.join(run_keys)}, model.*, algo.* (see `valid_keys`)."
 
-    def layer(self, mapping: Mapping[str, Any], source: str) -> None:
+    def layer(self, mapping: Mapping[str, Any], source: str, skip_foreign_algo_keys: bool = False) -> None:
+        """Set every key of ``mapping``. ``skip_foreign_algo_keys`` (presets): ``algo.*`` keys this
+        algorithm does not have are skipped (a preset sizes several algorithms at once)."""
         for key, value in mapping.items():
+            if skip_foreign_algo_keys and key.startswith("algo.") and key not in self.table and not _has_field(
+                self.algo_config_cls, key[5:]
+            ):
+                continue
             self.set(key, value, source)
 
     def build(self) -> RunConfig:
@@ -618,8 +638,8 @@ def build_run_config(
     b.set("algo", algo, "the algorithm argument", reserved_ok=True)
     b.set("task", task, "the task argument", reserved_ok=True)
     b.set("preset", preset, "the preset argument", reserved_ok=True)
-    b.layer(PRESETS[preset].get("*", {}), f"preset {preset!r}")
-    b.layer(PRESETS[preset].get(task, {}), f"preset {preset!r} for task {task!r}")
+    b.layer(PRESETS[preset].get("*", {}), f"preset {preset!r}", skip_foreign_algo_keys=True)
+    b.layer(PRESETS[preset].get(task, {}), f"preset {preset!r} for task {task!r}", skip_foreign_algo_keys=True)
     if config_file is not None:
         b.layer(load_config_file(config_file), f"config file {os.fspath(config_file)}")
     return _finish(b, cli, overrides)

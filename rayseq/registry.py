@@ -9,8 +9,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from rayseq.algorithms.erac import ACConfig, ERACConfig, ERACNoFutEntConfig
 from rayseq.algorithms.mle import MLEConfig
 from rayseq.algorithms.raml import RAMLConfig
+
+SUPERVISED, ACTOR_CRITIC = "supervised", "actor_critic"
+"""Driver kinds: ``supervised`` (dataset batches, ``rayseq.train``), ``actor_critic`` (MLE stage →
+critic pretraining → joint training with rollout workers, ``rayseq.train_ac``)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class AlgorithmEntry:
     objective: str
     """What the learner optimises (the runtime's switch)."""
     summary: str
+    kind: str = SUPERVISED
+    """Which driver runs it (``SUPERVISED`` or ``ACTOR_CRITIC``)."""
 
     def algorithm_cls(self) -> type:
         module, name = self.algorithm_path.split(":")
@@ -31,10 +38,16 @@ class AlgorithmEntry:
 
 
 _SUPERVISED = "rayseq.runtime.supervised:SupervisedSeqAlgorithm"
+_ACTOR_CRITIC = "rayseq.runtime.actor_critic:ActorCriticAlgorithm"
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     "mle": AlgorithmEntry(MLEConfig, _SUPERVISED, "mle", "maximum likelihood (teacher forcing)"),
     "raml": AlgorithmEntry(RAMLConfig, _SUPERVISED, "raml", "reward augmented maximum likelihood, Eq. (1)-(2)"),
+    "ac": AlgorithmEntry(ACConfig, _ACTOR_CRITIC, "ac", "actor-critic (Bahdanau et al. 2016): ERAC with τ = 0", ACTOR_CRITIC),
+    "erac": AlgorithmEntry(ERACConfig, _ACTOR_CRITIC, "erac", "entropy-regularised actor-critic, Eq. (18)-(20)", ACTOR_CRITIC),
+    "erac-nofutent": AlgorithmEntry(
+        ERACNoFutEntConfig, _ACTOR_CRITIC, "erac-nofutent", "ERAC without future entropy (critic τ = 0; Table 4)", ACTOR_CRITIC
+    ),
 }
 
 

@@ -111,7 +111,13 @@ def _restore_checkpoint(algo: Any, run_dir: Path) -> dict[str, Any]:
 
 def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) training as configured; returns the contents of ``results.json``."""
+    from rayseq.registry import ACTOR_CRITIC
     from rayseq.runtime.session import init_ray
+
+    if get_algorithm(cfg.algo).kind == ACTOR_CRITIC:
+        from rayseq.train_ac import train_actor_critic
+
+        return train_actor_critic(cfg, resume=resume, address=address)
 
     t_start = time.monotonic()
     run_dir = prepare_run_dir(cfg.out, to_dict(cfg), resume)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import NamedTuple, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -90,10 +90,30 @@ class ERACConfig:
     """Adam (β1, β2) of critic pretraining (official ``train_critic.py``: β1 = 0.9)."""
     grad_clip: float = 5.0
     """Max global L2 norm of each model's gradient."""
-    critic_pretrain_epochs: int = 20
-    """Epochs of critic pretraining against the frozen MLE actor (official: up to 20)."""
-    joint_epochs: int = 30
-    """Epochs of joint actor-critic training (official: up to 30)."""
+    critic_pretrain_epochs: float = 20.0
+    """Epochs (× the training pairs, in sampled episodes) of critic pretraining against the frozen
+    MLE actor (official: up to 20). Fractions allowed."""
+    joint_epochs: float = 30.0
+    """Epochs of joint actor-critic training (official: up to 30). Fractions allowed."""
+    valid_every: int = 0
+    """Validate (BLEU, lr decay, best checkpoint) every this many joint updates; 0 = every epoch."""
+    collapse_margin: float = 5.0
+    """Stop joint training when validation BLEU falls this many points below its value at the
+    start of joint training (a collapse; the best checkpoint is kept)."""
+    actor_init: str | None = None
+    """The MLE-pretrained actor: a run directory or actor file (``rayseq train --algo mle``).
+    None: the run trains it first (its MLE stage)."""
+    mle_epochs: int = 10
+    """Epochs of the MLE stage when it runs (``actor_init`` None)."""
+    schedule: Literal["sync", "async"] = "sync"
+    """``sync``: sample a batch with the current weights, then update (the paper's). ``async``:
+    workers keep sampling while the learner trains from replay (needs rollout workers)."""
+    replay_capacity: int | None = None
+    """Episodes kept in the replay buffer; None = one batch (on-policy)."""
+    replay_ratio: float = 1.0
+    """Episodes trained on per episode sampled (the updates-per-sample ratio; async schedule)."""
+    weights_sync_every: int = 1
+    """Push the actor's weights to the rollout workers every this many updates."""
     actor_lr_decay: float = 0.9
     """Actor lr × this after a validation without BLEU improvement (joint training)."""
     max_lr_decays: int = 6
@@ -153,9 +173,20 @@ class ERACConfig:
             setattr(self, name, betas)
         if not 0.0 < self.actor_lr_decay <= 1.0:
             raise ValueError(f"ERACConfig.actor_lr_decay = {self.actor_lr_decay}: must be in (0, 1].")
+        for name in ("critic_pretrain_epochs", "joint_epochs", "collapse_margin"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"ERACConfig.{name} = {value!r}: must be a finite number >= 0.")
+        if self.schedule not in ("sync", "async"):
+            raise ValueError(f"ERACConfig.schedule = {self.schedule!r}: use 'sync' or 'async'.")
+        if not (math.isfinite(self.replay_ratio) and self.replay_ratio > 0):
+            raise ValueError(f"ERACConfig.replay_ratio = {self.replay_ratio}: must be > 0.")
+        if self.replay_capacity is not None and self.replay_capacity < 1:
+            raise ValueError(f"ERACConfig.replay_capacity = {self.replay_capacity}: must be >= 1 (episodes) or none.")
         for name, low in (
-            ("critic_pretrain_epochs", 0),
-            ("joint_epochs", 0),
+            ("valid_every", 0),
+            ("mle_epochs", 1),
+            ("weights_sync_every", 1),
             ("max_lr_decays", 0),
             ("sample_len_slack", 0),
             ("pretrain_len_slack", 0),
@@ -222,6 +253,38 @@ class ERACConfig:
     def nofutent(cls, **overrides: object) -> ERACConfig:
         """ERAC without future entropy (Table 4): critic target with τ = 0, actor with τ > 0."""
         return cls.variant("erac-nofutent", **overrides)
+
+
+@dataclass
+class ACConfig(ERACConfig):
+    """Actor-critic of Bahdanau et al. (2016) as the paper runs it: ERAC with τ = 0 everywhere."""
+
+    tau: float = 0.0
+    """τ: must stay 0 (AC has no entropy term); use ``--algo erac`` for τ > 0."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tau != 0 or self.target_tau != 0:
+            raise ValueError(
+                f"ACConfig: tau = {self.tau}, critic_tau = {self.critic_tau}: AC needs τ = 0 "
+                f"everywhere; use --algo erac (or erac-nofutent) for τ > 0."
+            )
+
+
+@dataclass
+class ERACNoFutEntConfig(ERACConfig):
+    """ERAC without future entropy (Table 4): the critic's target uses τ = 0, the actor τ > 0."""
+
+    critic_tau: float | None = 0.0
+    """τ of the critic target V̄: must stay 0 in this ablation."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.tau > 0 and self.target_tau == 0):
+            raise ValueError(
+                f"ERACNoFutEntConfig: tau = {self.tau}, critic_tau = {self.critic_tau}: the ablation "
+                f"needs τ > 0 for the actor and critic_tau = 0."
+            )
 
 
 # ======================================================================= steps and rewards

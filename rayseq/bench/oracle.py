@@ -13,7 +13,9 @@ with the exact answer:
 1. **critic** (actor frozen): TD learning, Eq. (18)/(19) with λ_var = 0, must converge to the
    soft Q^π of the actor (Eq. 9, ``envs.oracle.soft_q_policy``), π read from the actor network at
    every prefix. ``critic_q_rmse`` = RMSE of Q_φ(s, w) − Q^π(s, w) over every non-terminal state
-   s and every action w (eos included).
+   s and every action w (eos included); ``q_scale`` = max |Q^π|, ``critic_q_rmse_rel`` the ratio;
+   ``hard_q_gap`` = RMSE between Q^π with and without the entropy bonus (τ = 0), the error a
+   critic ignoring the entropy term would make.
 2. **joint** ERAC (λ_mle = 0, Eq. 20 as written: ``normalize_logpi_l2=False``), the critic of (1)
    as the pretrained critic: the actor must approach π* = softmax(Q*/τ) = P_QR, Q* =
    ``envs.oracle.soft_q_optimal`` (Proposition 1). ``policy_kl_before`` / ``policy_kl_after`` =
@@ -27,8 +29,11 @@ the oracle's r(s, a) (``reward_max_abs_err``). The horizon is matched as in the 
 ``rayseq.algorithms.erac``: ``sample(max_len=T + 1)`` allows T tokens, and a capped sequence ends
 at its last token (a prefix of length T is terminal in both).
 
-Learning rates decay by a cosine schedule to 2 % within each phase (to shrink the sampling noise of
-the final estimate); otherwise plain Adam with gradient-norm clipping. Plain torch; no ray.
+Optimisation: Adam with the joint-training β = (0, 0.999) of ``ERACConfig``, gradient-norm
+clipping, learning rates cosine-decayed to 2 % within each phase (to shrink the sampling noise of
+the final estimate), Polyak β = 0.1 (not the official 0.001: a few hundred updates, not epochs).
+The critic and actor are small (emb 32, decoder 64) but otherwise the project's classes.
+Plain torch; no ray.
 """
 from __future__ import annotations
 
@@ -96,7 +101,7 @@ class OracleBenchConfig:
     """Adam learning rate of the critic (both phases; cosine-decayed within each)."""
     actor_lr: float = 3e-3
     """Adam learning rate of the actor (phase 2; cosine-decayed)."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] = (0.0, 0.999)
     """Adam (β1, β2) of both optimisers."""
     beta: float = 0.1
     """β: Polyak rate of the target critic, after every critic update."""
@@ -107,7 +112,7 @@ class OracleBenchConfig:
     hidden: int = 64
     """Decoder LSTM size of actor and critic (the BiLSTM encoder has hidden / 2 per direction)."""
     actor_init_range: float = 0.3
-    """U(−r, r) initialisation of the actor: large enough for a clearly non-uniform π_θ."""
+    """U(−r, r) initialisation of the actor (0.1 in the paper; larger gives a less uniform π_θ)."""
     seed: int = 0
     """Seeds the initialisation and the sampling."""
     num_threads: int | None = 1
@@ -240,8 +245,10 @@ class Bench:
         mask, done = step_masks(lengths, capped_at(lengths, steps), width)
         refs = [self.mdp.ref] * tokens.size(0)
         rewards = token_rewards(tokens, lengths, refs, width, self.cfg.smooth, self.cfg.scale)
-        return dict(tokens=tokens, lengths=lengths, tgt_in=tgt_in, tgt_out=tgt_out, mask=mask,
-                    done=done, rewards=rewards)
+        return {
+            "tokens": tokens, "lengths": lengths, "tgt_in": tgt_in, "tgt_out": tgt_out,
+            "mask": mask, "done": done, "rewards": rewards,
+        }
 
     def reward_error(self, batch: dict[str, torch.Tensor]) -> float:
         """Max |r_t − oracle r(s_t, a_t)| over the steps of a sampled batch."""
@@ -333,7 +340,7 @@ def _run(cfg: OracleBenchConfig) -> dict:
     pi_0 = b.actor_policy()
     q_pi0 = soft_q_policy(mdp, cfg.tau, lambda s: pi_0[s])
     q_pi0_hard = soft_q_policy(mdp, 0.0, lambda s: pi_0[s])
-    q_scale = float(max(np.abs(q).max() for q in (*q_star.values(), *q_pi0.values())))
+    q_scale = float(max(np.abs(q).max() for q in q_pi0.values()))  # max |Q^π| of the table fitted
     kl_before = _mean_kl(pi_star, pi_0)
     kl_before_visited = _mean_kl(pi_star, pi_0, reach_star)
     critic_rmse_init = table_rmse(b.critic_q(), q_pi0)
@@ -350,7 +357,7 @@ def _run(cfg: OracleBenchConfig) -> dict:
         td = b.critic_update(batch, opt_c)
         sched_c.step()
         if step % 50 == 0:
-            bar.set_postfix(td=f"{td:.4f}")
+            bar.set_postfix(td=f"{td:.2e}")
     bar.close()
     critic_t = time.perf_counter() - start
     critic_rmse = table_rmse(b.critic_q(), q_pi0)
@@ -367,37 +374,37 @@ def _run(cfg: OracleBenchConfig) -> dict:
         sched_c.step()
         sched_a.step()
         if step % 50 == 0:
-            bar.set_postfix(td=f"{td:.4f}")
+            bar.set_postfix(td=f"{td:.2e}")
     bar.close()
     pi_1 = b.actor_policy()
     q_pi1 = soft_q_policy(mdp, cfg.tau, lambda s: pi_1[s])
     root: Prefix = ()
-    return dict(
-        critic_q_rmse=critic_rmse,
-        critic_q_rmse_rel=critic_rmse / q_scale,
-        critic_q_rmse_init=critic_rmse_init,
-        hard_q_gap=table_rmse(q_pi0_hard, q_pi0),
-        policy_kl_before=kl_before,
-        policy_kl_after=_mean_kl(pi_star, pi_1),
-        policy_kl_before_visited=kl_before_visited,
-        policy_kl_after_visited=_mean_kl(pi_star, pi_1, reach_star),
-        policy_kl_states="all non-terminal states, uniform (the _visited keys: weighted by π* visitation)",
-        joint_critic_q_rmse=table_rmse(b.critic_q(), q_pi1),
-        soft_value_optimal=float(soft_v(q_star[root], cfg.tau)),
-        soft_value_before=soft_v_policy(q_pi0[root], pi_0[root], cfg.tau),
-        soft_value_after=soft_v_policy(q_pi1[root], pi_1[root], cfg.tau),
-        reward_max_abs_err=reward_err,
-        q_scale=q_scale,
-        num_states=len(b.states),
-        num_actions=len(mdp.actions),
-        tau=cfg.tau,
-        critic_steps=cfg.critic_steps,
-        joint_steps=cfg.joint_steps,
-        batch_size=cfg.batch_size,
-        critic_wall_s=critic_t,
-        wall_s=time.perf_counter() - start,
-        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-    )
+    return {
+        "critic_q_rmse": critic_rmse,
+        "critic_q_rmse_rel": critic_rmse / q_scale,
+        "critic_q_rmse_init": critic_rmse_init,
+        "hard_q_gap": table_rmse(q_pi0_hard, q_pi0),
+        "policy_kl_before": kl_before,
+        "policy_kl_after": _mean_kl(pi_star, pi_1),
+        "policy_kl_before_visited": kl_before_visited,
+        "policy_kl_after_visited": _mean_kl(pi_star, pi_1, reach_star),
+        "policy_kl_states": "all non-terminal states, uniform (the _visited keys: weighted by π* visitation)",
+        "joint_critic_q_rmse": table_rmse(b.critic_q(), q_pi1),
+        "soft_value_optimal": float(soft_v(q_star[root], cfg.tau)),
+        "soft_value_before": soft_v_policy(q_pi0[root], pi_0[root], cfg.tau),
+        "soft_value_after": soft_v_policy(q_pi1[root], pi_1[root], cfg.tau),
+        "reward_max_abs_err": reward_err,
+        "q_scale": q_scale,
+        "num_states": len(b.states),
+        "num_actions": len(mdp.actions),
+        "tau": cfg.tau,
+        "critic_steps": cfg.critic_steps,
+        "joint_steps": cfg.joint_steps,
+        "batch_size": cfg.batch_size,
+        "critic_wall_s": critic_t,
+        "wall_s": time.perf_counter() - start,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    }
 
 
 def main() -> None:

@@ -110,6 +110,8 @@ class ActorCriticAlgorithm(Algorithm):
         super().setup(config)
         self.erac = ERACConfig(**self.config.objective_config)
         self.num_updates = 0
+        self.updates_per_iteration = int(self.config.updates_per_iteration)
+        """Learner updates per ``train()`` call (the driver may change it between calls)."""
         self.stage = "joint"
         self._train_log: list[dict[str, Any]] = []
         self._rng = np.random.default_rng(self.config.seed)
@@ -228,7 +230,7 @@ class ActorCriticAlgorithm(Algorithm):
         window: dict[str, list[float]] = {}
         trained_tokens = 0
         t0 = time.perf_counter()
-        bar = tqdm(range(cfg.updates_per_iteration), desc=f"{self.stage}", unit="update",
+        bar = tqdm(range(self.updates_per_iteration), desc=f"{self.stage}", unit="update",
                    disable=not cfg.show_progress, leave=False)
         for _ in bar:
             if cfg.schedule == "sync":
