@@ -27,6 +27,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batches", type=int, default=20)
     t.add_argument("--batch-size", type=int, default=50)
     t.add_argument("--json", action="store_true", help="print one JSON line")
+    o = bsub.add_parser("oracle", help="ERAC critic and actor vs the exact soft-Q oracle on a tiny MDP")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--json", action="store_true", help="print one JSON line")
+    ro = bsub.add_parser("rollout", help="sampled tokens/s of a rollout worker vs RLlib's default env runner")
+    ro.add_argument("--envs", type=int, default=64, help="sequences sampled in parallel per worker")
+    ro.add_argument("--seconds", type=float, default=20.0, help="timed sampling per side")
+    ro.add_argument("--json", action="store_true", help="print one JSON line")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -35,9 +42,24 @@ def _run_bench(args: argparse.Namespace) -> int:
 
         result = run(RewardBenchConfig(batch=args.batch, smooth=args.smooth, repeats=args.repeats, seed=args.seed))
     elif args.bench == "train":
-        from rayseq.bench.train import TrainBenchConfig, run as run_train
+        from rayseq.registry import ACTOR_CRITIC, get_algorithm
 
-        result = run_train(TrainBenchConfig(algo=args.algo, batches=args.batches, batch_size=args.batch_size))
+        if get_algorithm(args.algo).kind == ACTOR_CRITIC:
+            from rayseq.bench.train_ac import ACTrainBenchConfig, run as run_ac
+
+            result = run_ac(ACTrainBenchConfig(algo=args.algo, batches=args.batches, batch_size=args.batch_size))
+        else:
+            from rayseq.bench.train import TrainBenchConfig, run as run_train
+
+            result = run_train(TrainBenchConfig(algo=args.algo, batches=args.batches, batch_size=args.batch_size))
+    elif args.bench == "oracle":
+        from rayseq.bench.oracle import OracleBenchConfig, run as run_oracle
+
+        result = run_oracle(OracleBenchConfig(seed=args.seed))
+    elif args.bench == "rollout":
+        from rayseq.bench.rollout import RolloutBenchConfig, run as run_rollout
+
+        result = run_rollout(RolloutBenchConfig(envs=args.envs, seconds=args.seconds))
     else:
         raise AssertionError(args.bench)
     if args.json:
