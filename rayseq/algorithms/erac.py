@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from envs.rewards import prefix_bleu_batch, reward_scale
-from rayseq.algorithms.mle import mle_loss
+from rayseq.algorithms.mle import mle_loss, sequence_nll
 from rayseq.decoding import BANNED_TOKENS, mask_logits
 from rayseq.models.base import BOS, EOS, PAD
 
@@ -378,8 +378,17 @@ def _allowed(vocab: int, exclude: Sequence[int], device: torch.device) -> torch.
     return allowed
 
 
-def _num_seqs(mask: torch.Tensor) -> int:
-    return max(mask.size(0), 1)
+def _num_seqs(mask: torch.Tensor, num_seqs: int | None = None) -> int:
+    """Sequences the per-step sums are averaged over: ``num_seqs``, else the batch rows of ``mask``."""
+    return max(int(num_seqs) if num_seqs is not None else mask.size(0), 1)
+
+
+def _finite_logp(logp: torch.Tensor, exclude: Sequence[int]) -> torch.Tensor:
+    """``logp`` with the excluded columns (log π = −inf) set to 0: a finite copy, one pass."""
+    if not len(exclude):
+        return logp.clone()
+    idx = torch.as_tensor(tuple(exclude), dtype=torch.long, device=logp.device)
+    return logp.index_fill(-1, idx, 0.0)
 
 
 # ======================================================================= critic
@@ -390,22 +399,27 @@ def soft_value(
     logp: torch.Tensor,  # [N, T, V] log π(· | s_t), −inf at banned tokens
     tau: float,
     mask: torch.Tensor | None = None,  # [N, T] bool, states to keep
+    exclude: Sequence[int] = BANNED_TOKENS,
 ) -> torch.Tensor:
     """Soft state value under π, Eq. (9) with α = τ: V̄(s) = Σ_w π(w|s)·(Q̄(s, w) − τ log π(w|s)).
 
-    = E_π[Q̄] + τ H(π). Tokens with π = 0 (banned: log π = −inf) contribute 0, whatever their Q.
-    τ = 0 gives the AC value Σ_w π Q̄ (Bahdanau et al. 2016). Returns ``[N, T]``, 0 where
-    ``mask`` is False. No gradient is meant to flow (callers pass a target critic's Q̄ and a
+    = E_π[Q̄] + τ H(π). Tokens in ``exclude`` (π = 0, log π = −inf) contribute 0 whatever their Q
+    (even NaN); another token whose π underflows to 0 contributes 0 for a finite Q. τ = 0 gives the AC value Σ_w π Q̄ (Bahdanau et al. 2016). Returns ``[N, T]``, 0
+    where ``mask`` is False. No gradient is meant to flow (callers pass a target critic's Q̄ and a
     detached π).
     """
     if q.shape != logp.shape:
         raise ValueError(f"soft_value: q {tuple(q.shape)} and logp {tuple(logp.shape)} differ.")
     if tau < 0:
         raise ValueError(f"soft_value: τ={tau} must be >= 0.")
-    p = logp.exp()  # [N, T, V]
-    live = p > 0
-    inner = torch.where(live, q - tau * torch.where(live, logp, 0.0), 0.0)  # [N, T, V]
-    v = (torch.where(live, p, 0.0) * inner).sum(-1)  # [N, T]
+    p = logp.exp()  # [N, T, V], exactly 0 where log π = −inf
+    idx = torch.as_tensor(tuple(exclude), dtype=torch.long, device=q.device)
+    if tau > 0:
+        lp = logp.clamp(min=torch.finfo(logp.dtype).min)  # −inf → finite; π = 0 there
+        inner = (q - tau * lp).index_fill_(-1, idx, 0.0)  # fresh tensor: Q − τ log π, 0 at excluded
+    else:
+        inner = q.index_fill(-1, idx, 0.0)
+    v = (p * inner).sum(-1)  # [N, T]
     if mask is not None:
         v = torch.where(mask, v, 0.0)
     return v
@@ -452,6 +466,7 @@ def critic_loss(
     mask: torch.Tensor,  # [N, T] bool, steps that exist
     lambda_var: float,
     exclude: Sequence[int] = BANNED_TOKENS,
+    num_seqs: int | None = None,
 ) -> CriticLoss:
     """TD loss of Eq. (18) plus the λ_var smoothing of §4.2 (Bahdanau et al. 2016).
 
@@ -461,7 +476,8 @@ def critic_loss(
     var = (1/N) Σ_n Σ_t Var_w Q_φ(s_t, w) over the allowed tokens (not ``exclude``), with the
     unbiased 1/(|W| − 1) of the official ``Q_all.var(2)`` (the paper writes the plain sum).
     Steps where ``mask`` is False contribute nothing, not even gradient (the official code also
-    applies the variance at padding).
+    applies the variance at padding). ``num_seqs``: the N of the average (default: the rows of
+    ``mask``; pass it when the steps of N sequences come packed as ``[1, K]`` rows).
     """
     if q_taken.shape != target.shape or q_taken.shape != mask.shape or q_all.shape[:2] != mask.shape:
         raise ValueError(
@@ -471,15 +487,19 @@ def critic_loss(
     if lambda_var < 0:
         raise ValueError(f"critic_loss: λ_var={lambda_var} must be >= 0.")
     mask = mask.bool()
-    n = _num_seqs(mask)
+    n = _num_seqs(mask, num_seqs)
     # TD error (Eq. 18)
     err = q_taken.masked_fill(~mask, 0.0) - target.detach().masked_fill(~mask, 0.0)  # [N, T]
     td = 0.5 * err.pow(2).sum() / n
-    # Q-variance smoothing over the allowed vocabulary
+    # Q-variance smoothing over the allowed vocabulary (two-pass; excluded columns subtracted)
     if lambda_var > 0:
-        allowed = _allowed(q_all.size(-1), exclude, q_all.device)
-        q_ok = q_all.masked_fill(~mask.unsqueeze(-1), 0.0)[..., allowed]  # [N, T, V']
-        var_t = q_ok.var(dim=-1, correction=1 if q_ok.size(-1) > 1 else 0)  # [N, T]
+        v_all = q_all.size(-1)
+        idx = torch.as_tensor(tuple(exclude), dtype=torch.long, device=q_all.device)
+        n_ok = v_all - int(idx.numel())
+        q_ex = q_all.index_select(-1, idx)  # [N, T, |exclude|]
+        mean = (q_all.sum(-1) - q_ex.sum(-1)) / n_ok  # [N, T]
+        sq = (q_all - mean.unsqueeze(-1)).pow(2).sum(-1) - (q_ex - mean.unsqueeze(-1)).pow(2).sum(-1)
+        var_t = sq / max(n_ok - 1, 1)  # [N, T] unbiased, as torch.var
         var = var_t.masked_fill(~mask, 0.0).sum() / n
     else:
         var = q_all.new_zeros(())
@@ -496,6 +516,7 @@ def actor_objective(
     tau: float,
     normalize_logpi_l2: bool = False,
     exclude: Sequence[int] = BANNED_TOKENS,
+    num_seqs: int | None = None,
 ) -> torch.Tensor:
     """Actor loss of Eq. (20): −(1/N) Σ_n Σ_t Σ_w π_θ(w|s_t) · sg[Q_φ(s_t, w) − τ log π_θ(w|s_t)].
 
@@ -508,7 +529,8 @@ def actor_objective(
     the bracket log π is replaced by log π / (1e-8 + ‖log π‖₂), the L2 norm taken over the allowed
     vocabulary, which shrinks the entropy term by ‖log π‖₂ (≈ √V · |mean log π|). Only the
     entropy term changes; with τ = 0 the option has no effect.
-    Returns a scalar; 0 contribution (and gradient) where ``mask`` is False.
+    Returns a scalar; 0 contribution (and gradient) where ``mask`` is False. ``num_seqs``: the N
+    of the average (default: the rows of ``mask``; for steps packed as ``[1, K]`` rows).
     """
     if logits.shape != q.shape or logits.shape[:2] != mask.shape:
         raise ValueError(
@@ -518,18 +540,26 @@ def actor_objective(
     if tau < 0:
         raise ValueError(f"actor_objective: τ={tau} must be >= 0.")
     mask = mask.bool()
-    n = _num_seqs(mask)
-    allowed = _allowed(logits.size(-1), exclude, logits.device)  # [V]
-    logp = policy_log_probs(logits.masked_fill(~mask.unsqueeze(-1), 0.0), exclude)  # [N, T, V]
+    n = _num_seqs(mask, num_seqs)
+    every = bool(mask.all())
+    if not every:
+        logits = logits.masked_fill(~mask.unsqueeze(-1), 0.0)  # padded steps: finite, no gradient
+    logp = policy_log_probs(logits, exclude)  # [N, T, V]
     p = logp.exp()  # [N, T, V], 0 at excluded tokens
     with torch.no_grad():
-        lp = torch.where(allowed, logp, 0.0)  # [N, T, V], finite
-        if normalize_logpi_l2:
-            lp = lp / (L2_EPS + lp.norm(p=2, dim=-1, keepdim=True))
-        signal = torch.where(allowed, q.to(lp.dtype) - tau * lp, 0.0)  # sg[Q − τ log π]
-        signal = signal.masked_fill(~mask.unsqueeze(-1), 0.0)
+        if tau > 0:
+            lp = _finite_logp(logp.detach(), exclude)  # [N, T, V], 0 at excluded tokens
+            if normalize_logpi_l2:
+                lp = lp / (L2_EPS + lp.norm(p=2, dim=-1, keepdim=True))
+            signal = q.to(lp.dtype) - tau * lp  # sg[Q − τ log π], a fresh tensor
+        else:
+            signal = q.to(p.dtype, copy=True)
+        if len(exclude):  # π = 0 there; make 0 · Q = 0 even for a non-finite Q
+            signal.index_fill_(-1, torch.as_tensor(tuple(exclude), dtype=torch.long, device=signal.device), 0.0)
     per_step = (p * signal).sum(-1)  # [N, T]
-    return -per_step.masked_fill(~mask, 0.0).sum() / n
+    if not every:
+        per_step = per_step.masked_fill(~mask, 0.0)
+    return -per_step.sum() / n
 
 
 class ActorLoss(NamedTuple):
@@ -551,15 +581,17 @@ def erac_actor_loss(
     mle_targets: torch.Tensor | None = None,  # [B, T*] y* eos pad…
     normalize_logpi_l2: bool = False,
     exclude: Sequence[int] = BANNED_TOKENS,
+    num_seqs: int | None = None,
 ) -> ActorLoss:
     """Joint-training actor loss (§4.2): Eq. (20) + λ_mle · MLE on the reference.
 
     The MLE term is ``rayseq.algorithms.mle.mle_loss`` (official ``train_mle``); it may be
-    omitted (``mle_logits=None``) only when λ_mle = 0.
+    omitted (``mle_logits=None``) only when λ_mle = 0. With ``num_seqs`` (packed steps) both terms
+    are sums divided by ``num_seqs``.
     """
     if lambda_mle < 0:
         raise ValueError(f"erac_actor_loss: λ_mle={lambda_mle} must be >= 0.")
-    objective = actor_objective(logits, q, mask, tau, normalize_logpi_l2, exclude)
+    objective = actor_objective(logits, q, mask, tau, normalize_logpi_l2, exclude, num_seqs)
     if mle_logits is None or mle_targets is None:
         if lambda_mle > 0:
             raise ValueError(
@@ -567,6 +599,8 @@ def erac_actor_loss(
                 f"(the actor's teacher-forced logits on the reference)."
             )
         mle = objective.new_zeros(())
+    elif num_seqs is not None:
+        mle = sequence_nll(mle_logits, mle_targets).sum() / max(int(num_seqs), 1)
     else:
         mle = mle_loss(mle_logits, mle_targets).loss
     return ActorLoss(
@@ -584,7 +618,7 @@ def entropy(logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tenso
     ``logp`` ``[N, T, V]`` (−inf allowed: 0 · log 0 = 0). Returns a scalar (``entropy`` metric).
     """
     p = logp.exp()
-    h = -torch.where(p > 0, p * logp, 0.0).sum(-1)  # [N, T]
+    h = -(p * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)  # [N, T]; 0·log 0 = 0
     if mask is None:
         return h.mean()
     mask = mask.bool()

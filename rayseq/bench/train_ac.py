@@ -7,10 +7,13 @@ On the same real Multi30k batches (paper-size actor and critic), in one process:
 * **ERAC update** through the RLlib ``LearnerGroup.update`` of
   :class:`rayseq.runtime.ac_learner.ActorCriticLearner` (one fused pass per network, as training
   does) on those samples;
-* **MLE update** through the MLE learner (``SupervisedSeqLearner``) on the same sources' references.
+* **MLE update** through the MLE learner (``SupervisedSeqLearner``) on the same batch: the same
+  sources with the sampled sequences as targets (the same tokens, so the cost ratio is the
+  algorithm's alone).
 
 ``erac_over_mle_cost`` = ERAC update time ÷ MLE update time (both learner-side; sampling is the
-rollout workers' job and reported apart). The phase times split an ERAC update into its network
+rollout workers' job and reported apart). The ERAC update includes its λ_mle·MLE term on the
+references. Tokens/s count the sampled actions (eos included) trained on. The phase times split an ERAC update into its network
 passes, each timed alone in plain torch: critic (forward + backward of Eq. 18 with the Eq. 19
 target), target critic (forward), actor (forward + backward of Eq. 20 on the samples), MLE term
 (forward + backward on the references). Their sum is the cost of the unfused update.
@@ -99,8 +102,12 @@ def run(cfg: ACTrainBenchConfig) -> dict:
     _sync(device)
     t_sample = (time.perf_counter() - t0) / n_all
     steps = [int(b["lengths"].sum() + (~b["capped"]).sum()) for b in batches]  # actions per batch
-    ref_rows = [
+    ref_rows = [  # for the MLE term's phase: the references of the same sources
         mle_rows([list(s[: n]) for s, n in zip(b["src"], b["src_len"])], [list(r[: n]) for r, n in zip(b["ref"], b["ref_len"])])
+        for b in batches
+    ]
+    same_rows = [  # the MLE update "on the same batch": the sampled sequences as its targets
+        mle_rows([list(s[: n]) for s, n in zip(b["src"], b["src_len"])], [list(t[1 : n + 1]) for t, n in zip(b["tgt_in"], b["lengths"])])
         for b in batches
     ]
     ref_tokens = [int((r["tgt_out"] != 0).sum()) for r in ref_rows]
@@ -174,11 +181,11 @@ def run(cfg: ACTrainBenchConfig) -> dict:
             def mle_update(r: dict) -> None:
                 mle_algo.learner_group.update(batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(r)}, env_steps=len(r["src"])))
 
-            for r in ref_rows[: cfg.warmup]:
+            for r in same_rows[: cfg.warmup]:
                 mle_update(r)
             _sync(device)
             t0 = time.perf_counter()
-            for r in ref_rows[cfg.warmup :]:
+            for r in same_rows[cfg.warmup :]:
                 mle_update(r)
             _sync(device)
             t_mle = (time.perf_counter() - t0) / cfg.batches
@@ -198,7 +205,7 @@ def run(cfg: ACTrainBenchConfig) -> dict:
         "batch_size": cfg.batch_size,
         "updates": cfg.batches,
         "erac_tokens_per_s": timed_steps / t_erac,
-        "mle_tokens_per_s": timed_ref / t_mle,
+        "mle_tokens_per_s": timed_steps / t_mle,
         "erac_over_mle_cost": t_erac / t_mle,
         "erac_ms_per_update": 1000 * t_erac,
         "mle_ms_per_update": 1000 * t_mle,

@@ -142,6 +142,14 @@ class Critic(nn.Module):
         """Q-values ``[N, T, V]`` for decoder inputs ``tgt_in`` ``[N, T]`` = ``<bos> y_1 … y_{T-1}``."""
         return self.net.decode(enc, tgt_in)  # [N, T, V], raw output layer = Q
 
+    def hidden(self, ref: torch.Tensor, ref_len: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """The output layer's inputs ``[N, T, Hd]`` (``q_head`` of them = :meth:`forward`)."""
+        return self.net.decode_hidden(self.encode(ref, ref_len), tgt_in)
+
+    def q_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Q-values ``[..., V]`` from output-layer inputs ``[..., Hd]`` (any leading shape)."""
+        return self.net.out(hidden)
+
     def forward(
         self, ref: torch.Tensor, ref_len: torch.Tensor, tgt_in: torch.Tensor
     ) -> torch.Tensor:

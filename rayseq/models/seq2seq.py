@@ -266,7 +266,14 @@ class Seq2Seq(nn.Module):
         return self.out(att), DecState(h=h.squeeze(0), c=c.squeeze(0), att_out=att)
 
     def decode(self, enc: EncoderOut, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``[N, T, V]`` for decoder inputs ``tgt_in`` ``[N, T]``.
+        """Teacher-forced logits ``[N, T, V]`` for decoder inputs ``tgt_in`` ``[N, T]``: ``out(decode_hidden)``."""
+        return self.out(self.decode_hidden(enc, tgt_in))  # [N, T, V]
+
+    def decode_hidden(self, enc: EncoderOut, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced attentional outputs ``[N, T, Hd]`` (the output layer's input) for ``tgt_in``.
+
+        ``self.out`` of them gives the logits; taking only the rows that matter first (e.g. the
+        real, non-padding steps) saves the output layer's cost on the rest.
 
         ``tgt_in`` starts with ``<bos>``; ``enc`` must have N rows (use ``expand_encoder`` to score
         several targets per source). Position t holds the logits after reading ``tgt_in[:, :t+1]``;
@@ -292,7 +299,7 @@ class Seq2Seq(nn.Module):
                 att_t = self._att_out(enc, dec_out).squeeze(1)  # [N, Hd]
                 atts.append(att_t)
             att = torch.stack(atts, dim=1)  # [N, T, Hd]
-        return self.out(att)  # [N, T, V]
+        return att
 
     def forward(
         self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor

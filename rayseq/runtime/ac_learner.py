@@ -37,11 +37,13 @@ from rayseq.algorithms.erac import (
 )
 from rayseq.metrics import ENTROPY, LOSS_ACTOR, LOSS_CRITIC_TD, LOSS_MLE
 from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
+from rayseq.models.base import PAD
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from rayseq.runtime.actor_module import ActorRLModule
 
 STAGES = ("critic", "joint")
 ACTOR_LOGITS, MLE_LOGITS, Q, Q_TARGET = "actor_logits", "mle_logits", "q", "q_target"
+STEP_MASK, MLE_TARGETS = "step_mask", "mle_targets"
 LOSS_CRITIC_VAR, Q_TAKEN, ACTOR_OBJECTIVE = "loss/critic_var", "critic/q_taken", "loss/actor_objective"
 
 
@@ -62,24 +64,27 @@ class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
         return ["critic", "target_critic"]
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """One teacher-forced pass per network, the output layers applied to the real steps only.
+
+        Returns ``[K, V]`` rows for the K steps of ``step_masks`` (row-major over [N, T]): actor
+        logits, critic Q, target-critic Q̄; and the actor's logits at the K* reference positions
+        (joint stage: the MLE term). Padding never reaches an output layer.
+        """
         tgt_in, ref, ref_len = batch["tgt_in"], batch["ref"], batch["ref_len"]
+        mask, _ = step_masks(batch["lengths"], batch["capped"], tgt_in.size(1))  # [N, T]
+        out: dict[str, Any] = {STEP_MASK: mask}
         if self.stage == "critic":
             with torch.no_grad():
-                out = {ACTOR_LOGITS: self.actor(batch["src"], batch["src_len"], tgt_in)}
+                out[ACTOR_LOGITS] = self.actor.out(self.actor.decode_hidden(self.actor.encode(batch["src"], batch["src_len"]), tgt_in)[mask])
         else:
-            enc = self.actor.encode(batch["src"], batch["src_len"])
-            ref_in = batch["ref_in"]
-            n, t, r = tgt_in.size(0), tgt_in.size(1), ref_in.size(1)
-            width = max(t, r)
-            both = tgt_in.new_zeros((2 * n, width))  # <pad> = 0
-            both[:n, :t] = tgt_in
-            both[n:, :r] = ref_in
-            enc2 = enc.index_select(torch.arange(n, device=tgt_in.device).repeat(2))
-            logits = self.actor.decode(enc2, both)  # [2N, W, V]
-            out = {ACTOR_LOGITS: logits[:n, :t], MLE_LOGITS: logits[n:, :r]}
-        out[Q] = self.critic(ref, ref_len, tgt_in)  # [N, T, V]
+            enc = self.actor.encode(batch["src"], batch["src_len"])  # once for both decoder inputs
+            out[ACTOR_LOGITS] = self.actor.out(self.actor.decode_hidden(enc, tgt_in)[mask])  # [K, V]
+            ref_mask = batch["ref_out"].ne(PAD)  # [N, R + 1]
+            out[MLE_LOGITS] = self.actor.out(self.actor.decode_hidden(enc, batch["ref_in"])[ref_mask])  # [K*, V]
+            out[MLE_TARGETS] = batch["ref_out"][ref_mask]  # [K*]
+        out[Q] = self.critic.q_head(self.critic.hidden(ref, ref_len, tgt_in)[mask])  # [K, V]
         with torch.no_grad():
-            out[Q_TARGET] = self.target_critic(ref, ref_len, tgt_in)
+            out[Q_TARGET] = self.target_critic.q_head(self.target_critic.hidden(ref, ref_len, tgt_in)[mask])
         return out
 
 
@@ -148,25 +153,36 @@ class ActorCriticLearner(TorchLearner):
 
     @override(TorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out) -> torch.Tensor:
+        """Eq. (19) → Eq. (18) for the critic, Eq. (20) + λ_mle·MLE for the actor, on packed steps.
+
+        The K real steps of the N sequences arrive as ``[K, V]`` rows; the losses see them as one
+        ``[1, K]`` "sequence" and average over ``num_seqs`` = N, which is exactly the padded
+        ``[N, T]`` computation without the padding.
+        """
         erac = self.erac
         module = self._ac(module_id)
-        logits, q, q_bar = fwd_out[ACTOR_LOGITS], fwd_out[Q], fwd_out[Q_TARGET]
-        mask, done = step_masks(batch["lengths"], batch["capped"], logits.size(1))
-        logp = policy_log_probs(logits.detach(), erac.exclude_tokens)  # [N, T, V]
-        v_bar = soft_value(q_bar, logp, erac.target_tau, mask)  # Eq. (9) on Q̄
-        target = soft_td_target(batch["rewards"].float(), v_bar, done, mask)  # Eq. (19)
-        q_taken = gather_actions(q, batch["actions"])
-        closs = critic_loss(q_taken, target, q, mask, erac.lambda_var, erac.exclude_tokens)  # Eq. (18)
+        mask = fwd_out[STEP_MASK]  # [N, T]
+        n_seqs = mask.size(0)
+        _, done = step_masks(batch["lengths"], batch["capped"], mask.size(1))
+        logits, q, q_bar = fwd_out[ACTOR_LOGITS][None], fwd_out[Q][None], fwd_out[Q_TARGET][None]  # [1, K, V]
+        every = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)  # [1, K]
+        logp = policy_log_probs(logits.detach(), erac.exclude_tokens)  # [1, K, V]
+        v_k = soft_value(q_bar, logp, erac.target_tau, None, erac.exclude_tokens)  # Eq. (9) on Q̄, [1, K]
+        v_bar = torch.zeros(mask.shape, dtype=v_k.dtype, device=v_k.device).masked_scatter_(mask, v_k[0])  # [N, T]
+        target = soft_td_target(batch["rewards"].float(), v_bar, done, mask)[mask][None]  # Eq. (19), [1, K]
+        q_taken = gather_actions(q, batch["actions"][mask][None])  # [1, K]
+        closs = critic_loss(q_taken, target, q, every, erac.lambda_var, erac.exclude_tokens, num_seqs=n_seqs)  # Eq. (18)
         total = closs.loss
         log = self.metrics.log_value
         log((module_id, LOSS_CRITIC_TD), closs.td.item(), window=1)
         log((module_id, LOSS_CRITIC_VAR), closs.var.item(), window=1)
-        log((module_id, Q_TAKEN), (q_taken.detach().masked_fill(~mask, 0).sum() / mask.sum().clamp(min=1)).item(), window=1)
-        log((module_id, ENTROPY), entropy(logp, mask).item(), window=1)
+        log((module_id, Q_TAKEN), q_taken.detach().mean().item(), window=1)
+        log((module_id, ENTROPY), entropy(logp).item(), window=1)
         if module.stage == "joint":
             aloss = erac_actor_loss(
-                logits, q.detach(), mask, erac.tau, erac.lambda_mle,
-                fwd_out[MLE_LOGITS], batch["ref_out"], erac.normalize_logpi_l2, erac.exclude_tokens,
+                logits, q.detach(), every, erac.tau, erac.lambda_mle,
+                fwd_out[MLE_LOGITS][None], fwd_out[MLE_TARGETS][None], erac.normalize_logpi_l2, erac.exclude_tokens,
+                num_seqs=n_seqs,
             )  # Eq. (20) + λ_mle·MLE
             total = total + aloss.loss
             log((module_id, LOSS_ACTOR), aloss.loss.item(), window=1)

@@ -46,7 +46,8 @@ class SeqRolloutRunner(EnvRunner):
 
     def __init__(self, *, config, **kwargs) -> None:
         super().__init__(config=config, **kwargs)
-        torch.set_num_threads(max(1, int(config.num_cpus_per_env_runner or 1)))
+        if self.worker_index:  # a remote worker process: as many threads as CPUs reserved for it
+            torch.set_num_threads(max(1, int(config.num_cpus_per_env_runner or 1)))
         env_cfg = dict(config.env_config)
         self._pairs = task_pairs(env_cfg["task"], env_cfg.get("data_dir"))
         self._train_mode = bool(env_cfg.get("sample_train_mode", True))
