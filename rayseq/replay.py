@@ -9,8 +9,8 @@ samples (off-policy, older weights). Plain numpy; no ray.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 

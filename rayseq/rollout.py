@@ -19,8 +19,8 @@ the version of the weights that sampled it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class Episode:
 
     @property
     def length(self) -> int:
-        return int(len(self.tokens))
+        return len(self.tokens)
 
     @property
     def bleu_scaled(self) -> float:
@@ -225,7 +225,7 @@ class RolloutSampler:
             logp=logp,
             capped=capped,
             version=int(self._version[i]),
-            index=int(self.env._buf.index[i]),  # noqa: SLF001 (the env's pair bookkeeping)
+            index=int(self.env._buf.index[i]),
         )
 
     def _start_rows(self, rows: np.ndarray) -> None:

@@ -38,9 +38,15 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "data_dir",
     "num_gpus_per_learner",
     "log_every",
+    "algo_config.joint_epochs",  # actor-critic: how long the stages run
+    "algo_config.critic_pretrain_epochs",
+    "num_rollout_workers",  # how the same run is spread over processes
+    "envs_per_worker",
+    "num_learners",
 )
 """Dotted run.json keys that may differ when a run is resumed: where it is written, how long it
-runs, where the data lives, which device, how often it logs. Anything else changes the run."""
+runs, where the data lives, which device and processes, how often it logs. Anything else changes
+the run."""
 
 
 class RunDirError(ValueError):
@@ -82,7 +88,8 @@ def config_differences(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = RESUME_MAY_CHANGE
 ) -> list[str]:
     """``"key: old → new"`` for every dotted key whose value differs, except ``ignore``d keys."""
-    a, b = _flatten(old), _flatten(new)
+    # compare as JSON stores them (a tuple in the config is a list in run.json)
+    a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
     skip = set(ignore)
     missing = object()
     diffs = []

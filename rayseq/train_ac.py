@@ -34,11 +34,29 @@ from rayseq.commands.evaluate import evaluate
 from rayseq.config import RunConfig, build_run_config, to_dict
 from rayseq.data.tasks import Task, load_task
 from rayseq.errors import TrainingError
-from rayseq.metrics import BLEU_TEST, BLEU_VALID, EPOCH_TIME_S, LR, MetricsWriter, plot_learning_curve
+from rayseq.metrics import (
+    BLEU_TEST,
+    BLEU_VALID,
+    EPOCH_TIME_S,
+    LR,
+    MetricsWriter,
+    plot_learning_curve,
+)
 from rayseq.models.seq2seq import Seq2Seq
 from rayseq.registry import get_algorithm
-from rayseq.run_dir import RESULTS_JSON, atomic_write_json, prepare_run_dir, write_results
-from rayseq.train import CHECKPOINT_DIR, _restore_checkpoint, _save_checkpoint, train, validate
+from rayseq.run_dir import (
+    RESULTS_JSON,
+    atomic_write_json,
+    prepare_run_dir,
+    write_results,
+)
+from rayseq.train import (
+    CHECKPOINT_DIR,
+    _restore_checkpoint,
+    _save_checkpoint,
+    train,
+    validate,
+)
 
 STAGES_JSON = "stages.json"
 MLE_DIR = "mle"
@@ -46,7 +64,7 @@ MLE_DIR = "mle"
 
 def _stage_updates(epochs: float, num_pairs: int, batch_size: int) -> int:
     """Updates in ``epochs`` passes over ``num_pairs`` sources at ``batch_size`` sources per update."""
-    return int(math.ceil(epochs * num_pairs / batch_size))
+    return math.ceil(epochs * num_pairs / batch_size)
 
 
 def _mle_run_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
@@ -200,7 +218,7 @@ def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None
             per_epoch = num_pairs / ac.batch_size
             # ---------------------------------------------------------------- critic pretraining
             n_critic = _stage_updates(ac.critic_pretrain_epochs, num_pairs, ac.batch_size)
-            chunk = ac.valid_every or max(1, int(round(per_epoch)))
+            chunk = ac.valid_every or max(1, round(per_epoch))
             done_c = int(state.get("critic_updates", 0))
             if done_c < n_critic:
                 algo.set_stage("critic")

@@ -10,7 +10,7 @@ import torch
 from rayseq.algorithms.mle import mle_loss
 from rayseq.algorithms.raml import raml_loss
 from rayseq.config import build_run_config
-from rayseq.registry import ALGORITHMS, get_algorithm
+from rayseq.registry import ALGORITHMS, SUPERVISED, get_algorithm
 
 pytestmark = pytest.mark.ray
 
@@ -32,8 +32,8 @@ def _toy_config(algo, tmp_path, *overrides, **cli):
     return build_run_config(algo, entry.config_cls, "cpu", "toy", ["epochs=2", *overrides], out=str(tmp_path / algo), **cli)
 
 
-@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
-def test_smoke_every_registered_algorithm(algo, tmp_path, ray_session):
+@pytest.mark.parametrize("algo", sorted(a for a, e in ALGORITHMS.items() if e.kind == SUPERVISED))
+def test_smoke_every_registered_supervised_algorithm(algo, tmp_path, ray_session):
     """A seconds-long run on the toy task: metrics, checkpoints, actor files, curve and results."""
     from rayseq.train import train
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -62,7 +62,14 @@ def run(cfg: ACTrainBenchConfig) -> dict:
     from envs.seqpred import SeqPredConfig
     from envs.vector import SeqPredVectorEnv
     from rayseq.algorithms.erac import (
-        ERACConfig, actor_objective, critic_loss, gather_actions, policy_log_probs, soft_td_target, soft_value, step_masks,
+        ERACConfig,
+        actor_objective,
+        critic_loss,
+        gather_actions,
+        policy_log_probs,
+        soft_td_target,
+        soft_value,
+        step_masks,
     )
     from rayseq.algorithms.mle import MLEConfig, mle_loss
     from rayseq.algorithms.supervised_rows import mle_rows
@@ -154,8 +161,6 @@ def run(cfg: ACTrainBenchConfig) -> dict:
     for name, fn in (("critic", phase_critic), ("target_critic", phase_target), ("actor", phase_actor), ("mle_term", phase_mle)):
         _timed(fn, cfg.warmup, device)
         phases[name] = _timed(fn, cfg.batches, device)
-    # the critic phase includes the actor's no-grad pass for π and the target pass; report it apart
-    del critic, target
 
     # ---------------------------------------------------------------- fused updates through RLlib
     started = init_ray()

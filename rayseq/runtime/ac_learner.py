@@ -36,8 +36,8 @@ from rayseq.algorithms.erac import (
     step_masks,
 )
 from rayseq.metrics import ENTROPY, LOSS_ACTOR, LOSS_CRITIC_TD, LOSS_MLE
-from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
 from rayseq.models.base import PAD
+from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from rayseq.runtime.actor_module import ActorRLModule
 
@@ -127,7 +127,7 @@ class ActorCriticLearner(TorchLearner):
         """``"critic"`` (pretraining, actor frozen) or ``"joint"``; sets each optimiser's lr/betas."""
         if stage not in STAGES:
             raise ValueError(f"set_stage: stage={stage!r}; use one of {STAGES}.")
-        for module_id in self.module.keys():
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
             self._ac(module_id).stage = stage
             critic_opt = self.get_optimizer(module_id, "critic")
             lr, betas = (
@@ -140,12 +140,12 @@ class ActorCriticLearner(TorchLearner):
 
     def load_actor(self, state_dict: dict[str, Any]) -> None:
         """Load actor weights (``Seq2Seq`` keys), e.g. the MLE-pretrained actor."""
-        for module_id in self.module.keys():
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
             self._ac(module_id).actor.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()})
 
     def set_lr(self, lr: float) -> None:
         """The actor's learning rate (the driver's decay on no validation improvement)."""
-        for module_id in self.module.keys():
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
             for group in self.get_optimizer(module_id, "actor").param_groups:
                 group["lr"] = lr
 
@@ -153,42 +153,10 @@ class ActorCriticLearner(TorchLearner):
 
     @override(TorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out) -> torch.Tensor:
-        """Eq. (19) → Eq. (18) for the critic, Eq. (20) + λ_mle·MLE for the actor, on packed steps.
-
-        The K real steps of the N sequences arrive as ``[K, V]`` rows; the losses see them as one
-        ``[1, K]`` "sequence" and average over ``num_seqs`` = N, which is exactly the padded
-        ``[N, T]`` computation without the padding.
-        """
-        erac = self.erac
-        module = self._ac(module_id)
-        mask = fwd_out[STEP_MASK]  # [N, T]
-        n_seqs = mask.size(0)
-        _, done = step_masks(batch["lengths"], batch["capped"], mask.size(1))
-        logits, q, q_bar = fwd_out[ACTOR_LOGITS][None], fwd_out[Q][None], fwd_out[Q_TARGET][None]  # [1, K, V]
-        every = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)  # [1, K]
-        logp = policy_log_probs(logits.detach(), erac.exclude_tokens)  # [1, K, V]
-        v_k = soft_value(q_bar, logp, erac.target_tau, None, erac.exclude_tokens)  # Eq. (9) on Q̄, [1, K]
-        v_bar = torch.zeros(mask.shape, dtype=v_k.dtype, device=v_k.device).masked_scatter_(mask, v_k[0])  # [N, T]
-        target = soft_td_target(batch["rewards"].float(), v_bar, done, mask)[mask][None]  # Eq. (19), [1, K]
-        q_taken = gather_actions(q, batch["actions"][mask][None])  # [1, K]
-        closs = critic_loss(q_taken, target, q, every, erac.lambda_var, erac.exclude_tokens, num_seqs=n_seqs)  # Eq. (18)
-        total = closs.loss
-        log = self.metrics.log_value
-        log((module_id, LOSS_CRITIC_TD), closs.td.item(), window=1)
-        log((module_id, LOSS_CRITIC_VAR), closs.var.item(), window=1)
-        log((module_id, Q_TAKEN), q_taken.detach().mean().item(), window=1)
-        log((module_id, ENTROPY), entropy(logp).item(), window=1)
-        if module.stage == "joint":
-            aloss = erac_actor_loss(
-                logits, q.detach(), every, erac.tau, erac.lambda_mle,
-                fwd_out[MLE_LOGITS][None], fwd_out[MLE_TARGETS][None], erac.normalize_logpi_l2, erac.exclude_tokens,
-                num_seqs=n_seqs,
-            )  # Eq. (20) + λ_mle·MLE
-            total = total + aloss.loss
-            log((module_id, LOSS_ACTOR), aloss.loss.item(), window=1)
-            log((module_id, ACTOR_OBJECTIVE), aloss.objective.item(), window=1)
-            log((module_id, LOSS_MLE), aloss.mle.item(), window=1)
-        log((module_id, "num_steps"), int(mask.sum()), reduce="sum")
+        total, parts = packed_losses(fwd_out, batch, self.erac, joint=self._ac(module_id).stage == "joint")
+        for key, value in parts.items():
+            self.metrics.log_value((module_id, key), value, window=1)
+        self.metrics.log_value((module_id, "num_steps"), int(fwd_out[STEP_MASK].sum()), reduce="sum")
         return total
 
     @override(TorchLearner)
@@ -210,7 +178,7 @@ class ActorCriticLearner(TorchLearner):
     @override(TorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
-        for module_id in self.module.keys():
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
             module = self._ac(module_id)
             polyak_update(module.target_critic, module.critic, self.erac.beta)
 
@@ -223,3 +191,40 @@ def clip_global_norm_(grads: list[torch.Tensor], max_norm: float) -> float:
     for g in grads:
         g.mul_(coef.to(g.dtype))
     return float(norm)
+
+
+def packed_losses(fwd_out: dict[str, Any], batch: dict[str, Any], erac: ERACConfig, joint: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. (19) → Eq. (18) for the critic, Eq. (20) + λ_mle·MLE for the actor, on packed steps.
+
+    The K real steps of the N sequences arrive as ``[K, V]`` rows (``ActorCriticRLModule``); the
+    losses see them as one ``[1, K]`` "sequence" and average over ``num_seqs`` = N, which is the
+    padded ``[N, T]`` computation without the padding. Returns the total loss (critic + actor;
+    their parameters are disjoint) and the logged parts.
+    """
+    mask = fwd_out[STEP_MASK]  # [N, T]
+    n_seqs = mask.size(0)
+    _, done = step_masks(batch["lengths"], batch["capped"], mask.size(1))
+    logits, q, q_bar = fwd_out[ACTOR_LOGITS][None], fwd_out[Q][None], fwd_out[Q_TARGET][None]  # [1, K, V]
+    every = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)  # [1, K]
+    logp = policy_log_probs(logits.detach(), erac.exclude_tokens)  # [1, K, V]
+    v_k = soft_value(q_bar, logp, erac.target_tau, None, erac.exclude_tokens)  # Eq. (9) on Q̄, [1, K]
+    v_bar = torch.zeros(mask.shape, dtype=v_k.dtype, device=v_k.device).masked_scatter_(mask, v_k[0])  # [N, T]
+    target = soft_td_target(batch["rewards"].to(v_k.dtype), v_bar, done, mask)[mask][None]  # Eq. (19), [1, K]
+    q_taken = gather_actions(q, batch["actions"][mask][None])  # [1, K]
+    closs = critic_loss(q_taken, target, q, every, erac.lambda_var, erac.exclude_tokens, num_seqs=n_seqs)  # Eq. (18)
+    total = closs.loss
+    parts = {
+        LOSS_CRITIC_TD: closs.td.item(),
+        LOSS_CRITIC_VAR: closs.var.item(),
+        Q_TAKEN: q_taken.detach().mean().item(),
+        ENTROPY: entropy(logp).item(),
+    }
+    if joint:
+        aloss = erac_actor_loss(
+            logits, q.detach(), every, erac.tau, erac.lambda_mle,
+            fwd_out[MLE_LOGITS][None], fwd_out[MLE_TARGETS][None], erac.normalize_logpi_l2, erac.exclude_tokens,
+            num_seqs=n_seqs,
+        )  # Eq. (20) + λ_mle·MLE
+        total = total + aloss.loss
+        parts.update({LOSS_ACTOR: aloss.loss.item(), ACTOR_OBJECTIVE: aloss.objective.item(), LOSS_MLE: aloss.mle.item()})
+    return total, parts

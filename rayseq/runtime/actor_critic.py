@@ -38,7 +38,14 @@ from ray.rllib.utils.metrics import LEARNER_RESULTS
 from tqdm import tqdm
 
 from rayseq.algorithms.erac import ERACConfig
-from rayseq.metrics import ENTROPY, LOSS_ACTOR, LOSS_CRITIC_TD, LOSS_MLE, POLICY_LAG, TOKENS_PER_S
+from rayseq.metrics import (
+    ENTROPY,
+    LOSS_ACTOR,
+    LOSS_CRITIC_TD,
+    LOSS_MLE,
+    POLICY_LAG,
+    TOKENS_PER_S,
+)
 from rayseq.replay import ReplayBuffer
 from rayseq.rollout import collate
 from rayseq.runtime.ac_learner import (
