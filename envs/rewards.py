@@ -359,9 +359,15 @@ class BleuTracker:
                 if k <= 0:
                     continue
                 windows = np.lib.stride_tricks.sliding_window_view(ref, n)  # [k, n]
-                _, first, inverse, counts = np.unique(
-                    windows, axis=0, return_index=True, return_inverse=True, return_counts=True
-                )
+                if ref.max() < 1 << 16:  # pack each n-gram into one int64: a 1-D unique, ~10x faster
+                    keys = (windows << (16 * np.arange(n, dtype=np.int64))).sum(axis=1)
+                    _, first, inverse, counts = np.unique(
+                        keys, return_index=True, return_inverse=True, return_counts=True
+                    )
+                else:
+                    _, first, inverse, counts = np.unique(
+                        windows, axis=0, return_index=True, return_inverse=True, return_counts=True
+                    )
                 inverse = inverse.reshape(-1)
                 self._canon[s, n - 1, :k] = first[inverse]
                 self._ref_count[s, n - 1, first] = counts

@@ -86,6 +86,10 @@ class RolloutSampler:
         self.temperature = float(temperature)
         self.train_mode = bool(train_mode)
         """Sample with the actor in train mode (dropout on), as the official code does."""
+        self.restart_batch = max(1, env.num_envs // 8)
+        """Continuous mode: finished rows wait until this many can start together (one encoder
+        call for all of them); their decoder rows idle meanwhile."""
+        self._idle = np.zeros(env.num_envs, dtype=bool)
         self.banned = tuple(banned)
         self.device = torch.device(device)
         self.version = 0
@@ -136,37 +140,45 @@ class RolloutSampler:
             while len(out) < num_episodes:
                 out.extend(self._wave(min(self.env.num_envs, num_episodes - len(out))))
             return out
+        m = self.env.num_envs
         if not self._started:
             obs, _ = self.env.reset(seed=self._seed)
             self._obs = obs
-            self._start_rows(np.arange(self.env.num_envs))
+            self._start_rows(np.arange(m))
+            self._idle = np.zeros(m, dtype=bool)
             self._started = True
         out: list[Episode] = []
-        m = self.env.num_envs
-        rows = np.arange(m)
         while len(out) < num_episodes:
-            logits, self._state = self.actor.step(self._enc, self._state, self._last)  # [M, V]
+            active = np.flatnonzero(~self._idle)
+            # one decoder step for all M rows (idle rows' results are ignored: cheaper than
+            # gathering the active rows' encoder memory every step)
+            logits, state = self.actor.step(self._enc, self._state, self._last)  # [M, V]
             logp = policy_log_probs(logits / self.temperature if self.temperature != 1.0 else logits, self.banned)
             actions = sample_categorical(logp, self.generator)  # [M]
             chosen = logp.gather(1, actions.unsqueeze(1)).squeeze(1)  # [M]
-            act_np = actions.cpu().numpy()
-            obs, rewards, terminated, truncated, _ = self.env.step(act_np)
-            pos = self._pos
-            self._tokens[rows, pos] = act_np
-            self._rewards[rows, pos] = rewards
-            self._logp[rows, pos] = chosen.float().cpu().numpy()
-            self._pos += 1
-            self.tokens_sampled += m
-            self._last = actions
-            done = np.flatnonzero(terminated | truncated)
-            self._obs = obs
+            self._state, self._last = state, actions
+            act_np = actions.cpu().numpy()[active]
+            rewards, terminated = self.env.step_rows(active, act_np)
+            pos = self._pos[active]
+            self._tokens[active, pos] = act_np
+            self._rewards[active, pos] = rewards
+            self._logp[active, pos] = chosen.float().cpu().numpy()[active]
+            self._pos[active] += 1
+            self.tokens_sampled += int(active.size)
+            done = active[terminated]
             if done.size:
+                self._obs = self.env.observations()
                 for i in done:
                     out.append(self._finish(int(i)))
-                obs, _ = self.env.reset(options={"reset_mask": terminated | truncated})
-                for k, v in obs.items():
-                    self._obs[k][done] = v[done]
-                self._start_rows(done)
+                self._idle[done] = True
+            # restart finished rows in batches (one encoder call for several new sources)
+            n_idle = int(self._idle.sum())
+            if n_idle and (n_idle >= self.restart_batch or n_idle == m or len(out) >= num_episodes):
+                rows = np.flatnonzero(self._idle)
+                obs, _ = self.env.reset(options={"reset_mask": self._idle.copy()})
+                self._obs = obs
+                self._start_rows(rows)
+                self._idle[rows] = False
         return out
 
     def _wave(self, w: int) -> list[Episode]:

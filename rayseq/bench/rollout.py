@@ -44,16 +44,16 @@ def _model_config() -> dict:
 
 def _base_config(envs: int, model_config: dict, seed: int):
     from gymnasium import spaces
-    from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from envs.seqpred import SeqPredConfig, observation_space
     from rayseq.runtime.ac_learner import ActorCriticRLModule
+    from rayseq.runtime.actor_critic import ActorCriticConfig
     from rayseq.runtime.rollout_runner import task_pairs
 
     pairs = task_pairs("multi30k", None)
     return (
-        PPOConfig()
+        ActorCriticConfig()  # any new-stack config; this one adds no model_config defaults
         .environment(
             "rayseq-bench-translation",
             env_config={"env": "rayseq/Translation-v0", "task": "multi30k", "split": "train"},

@@ -1,0 +1,23 @@
+#!/bin/bash
+# GPU checks for a device lease (one command): install the carried wheels, then run the GPU tests
+# of the learner and the benchmarks with the learner on cuda. Results go to $OUT (or ./device_out).
+# Carry: .whl (ray-2.60.0 without its Java jars + the rllib deps missing from the CUDA image).
+#   rayseq/bench/device_checks.sh            # all
+set -u
+OUT=${OUT:-device_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
+t0=$(date +%s)
+python3 -m zipfile -e .whl/ray-2.60.0-nojars.zip /tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+chmod -R u+x /tmp/site/ray/core/src/ray/raylet /tmp/site/ray/core/src/ray/gcs 2>/dev/null
+find /tmp/site/ray/core -type f \( -name raylet -o -name gcs_server -o -name "*.so" \) -exec chmod u+x {} +
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import ray, torch, gymnasium; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
+echo "setup $(( $(date +%s) - t0 )) s"
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_actor_critic.py -k "packed or gpu or cuda" 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+echo "tests $(( $(date +%s) - t0 )) s"
+python3 -m rayseq.cli bench train --algo erac --batches 20 --json 2>"$OUT/bench_train_erac.err" | tail -1 | tee "$OUT/bench_train_erac.json"
+echo "bench train $(( $(date +%s) - t0 )) s"
+python3 -m rayseq.cli bench rollout --seconds 10 --json 2>"$OUT/bench_rollout.err" | tail -1 | tee "$OUT/bench_rollout.json"
+echo "bench rollout $(( $(date +%s) - t0 )) s"
