@@ -7,10 +7,16 @@ set -u
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 t0=$(date +%s)
-python3 -m zipfile -e .whl/ray-2.60.0-nojars.zip /tmp/site
+python3 - <<'PY'
+import os, zipfile
+z = zipfile.ZipFile(".whl/ray-2.60.0-nojars.zip")
+for info in z.infolist():  # extract, keeping the executable bits (raylet, gcs_server)
+    path = z.extract(info, "/tmp/site")
+    mode = info.external_attr >> 16
+    if mode:
+        os.chmod(path, mode & 0o777)
+PY
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-chmod -R u+x /tmp/site/ray/core/src/ray/raylet /tmp/site/ray/core/src/ray/gcs 2>/dev/null
-find /tmp/site/ray/core -type f \( -name raylet -o -name gcs_server -o -name "*.so" \) -exec chmod u+x {} +
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import ray, torch, gymnasium; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"

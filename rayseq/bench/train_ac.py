@@ -162,6 +162,11 @@ def run(cfg: ACTrainBenchConfig) -> dict:
         _timed(fn, cfg.warmup, device)
         phases[name] = _timed(fn, cfg.batches, device)
 
+    # ---------------------------------------------------------------- fused update, plain torch
+    t_plain_erac, t_plain_mle = _plain_updates(s2s, erac, tb, [
+        {k: torch.as_tensor(v, device=device) for k, v in r.items()} for r in same_rows
+    ], cfg, device)
+
     # ---------------------------------------------------------------- fused updates through RLlib
     started = init_ray()
     try:
@@ -222,7 +227,65 @@ def run(cfg: ACTrainBenchConfig) -> dict:
             "mle_term": 1000 * phases["mle_term"],
         },
         "unfused_ms_per_update": 1000 * (phases["critic"] + phases["actor"] + phases["mle_term"]),
+        "plain_torch_erac_ms_per_update": 1000 * t_plain_erac,
+        "plain_torch_mle_ms_per_update": 1000 * t_plain_mle,
+        "plain_torch_erac_over_mle_cost": t_plain_erac / t_plain_mle,
         "sampled_tokens_per_update": timed_steps,
         "reference_tokens_per_update": timed_ref,
         "config": asdict(cfg),
     }
+
+
+def _plain_updates(s2s, erac, batches: list[dict], mle_batches: list[dict], cfg: ACTrainBenchConfig, device) -> tuple[float, float]:
+    """Seconds per fused ERAC update and per MLE update (same batch) in plain torch, no RLlib.
+
+    The ERAC update is exactly the learner's: ``ActorCriticRLModule.forward_train`` (one pass per
+    network, packed steps), ``packed_losses``, one backward, per-model clipping, two Adams, Polyak.
+    """
+    from gymnasium import spaces
+
+    from rayseq.algorithms.mle import mle_loss
+    from rayseq.models.critic import polyak_update
+    from rayseq.models.seq2seq import Seq2Seq
+    from rayseq.runtime.ac_learner import ActorCriticRLModule, clip_global_norm_, packed_losses
+
+    module = ActorCriticRLModule(
+        observation_space=spaces.Box(0, 1, (1,)), action_space=spaces.Discrete(s2s.tgt_vocab_size),
+        model_config=asdict(s2s),
+    ).to(device)
+    module.stage = "joint"
+    module.train()
+    opt_a = torch.optim.Adam(module.actor.parameters(), lr=erac.actor_lr, betas=erac.adam_betas)
+    opt_c = torch.optim.Adam(module.critic.parameters(), lr=erac.critic_lr, betas=erac.adam_betas)
+    n = len(batches)
+
+    def erac_step(i: int) -> None:
+        b = batches[i % n]
+        total, _ = packed_losses(module.forward_train(b), b, erac, joint=True)
+        opt_a.zero_grad(set_to_none=True)
+        opt_c.zero_grad(set_to_none=True)
+        total.backward()
+        for params in (module.actor.parameters(), module.critic.parameters()):
+            clip_global_norm_([p.grad for p in params if p.grad is not None], erac.grad_clip)
+        opt_a.step()
+        opt_c.step()
+        polyak_update(module.target_critic, module.critic, erac.beta)
+
+    actor = Seq2Seq(s2s).to(device).train()
+    opt = torch.optim.SGD(actor.parameters(), lr=0.6)
+
+    def mle_step(i: int) -> None:
+        r = mle_batches[i % n]
+        loss = mle_loss(actor(r["src"], r["src_len"], r["tgt_in"]), r["tgt_out"]).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(actor.parameters(), 5.0)
+        opt.step()
+
+    out = []
+    for step in (erac_step, mle_step):
+        for i in range(cfg.warmup):
+            step(i)
+        it = iter(range(cfg.warmup, cfg.warmup + cfg.batches))
+        out.append(_timed(lambda step=step, it=it: step(next(it)), cfg.batches, device))
+    return out[0], out[1]
