@@ -225,13 +225,9 @@ def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None
                 print(f"[critic stage] {n_critic - done_c} updates of critic pretraining (actor frozen)", file=sys.stderr, flush=True)
             while done_c < n_critic:
                 t0 = time.perf_counter()
-                algo.updates_per_iteration = min(chunk, n_critic - done_c)
-                algo.train()
-                done_c += algo.updates_per_iteration
-                step += algo.updates_per_iteration
-                recs = algo.pop_train_log()
-                _check_finite(recs, run_dir, "critic")
-                _log_records(writer, recs, per_epoch)
+                n = _train_chunk(algo, min(chunk, n_critic - done_c), writer, run_dir, "critic", per_epoch)
+                done_c += n
+                step += n
                 writer.log(step, step / per_epoch, {EPOCH_TIME_S: time.perf_counter() - t0})
                 _save_checkpoint(algo, run_dir, {"step": step, "critic_updates": done_c, "joint_updates": 0})
                 plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
@@ -257,13 +253,9 @@ def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None
                       file=sys.stderr, flush=True)
             while done_j < n_joint and not schedule.should_stop and not collapsed:
                 t0 = time.perf_counter()
-                algo.updates_per_iteration = min(chunk, n_joint - done_j)
-                algo.train()
-                done_j += algo.updates_per_iteration
-                step += algo.updates_per_iteration
-                recs = algo.pop_train_log()
-                _check_finite(recs, run_dir, "joint")
-                _log_records(writer, recs, per_epoch)
+                n = _train_chunk(algo, min(chunk, n_joint - done_j), writer, run_dir, "joint", per_epoch)
+                done_j += n
+                step += n
                 model = _local_actor(algo, cfg, task)
                 bleu = validate(model, task, cfg)
                 improved = schedule.step(bleu)
@@ -312,6 +304,16 @@ def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None
             import ray
 
             ray.shutdown()
+
+
+def _train_chunk(algo: Any, n: int, writer: MetricsWriter, run_dir: Path, stage: str, per_epoch: float) -> int:
+    """``n`` learner updates (one ``algo.train()``); their records checked for NaN/inf and logged."""
+    algo.updates_per_iteration = n
+    algo.train()
+    records = algo.pop_train_log()
+    _check_finite(records, run_dir, stage)
+    _log_records(writer, records, per_epoch)
+    return n
 
 
 def _log_records(writer: MetricsWriter, records: list[dict[str, Any]], per_epoch: float) -> None:

@@ -54,10 +54,25 @@ def _timed(fn: Callable[[], None], n: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def run(cfg: ACTrainBenchConfig) -> dict:
+def _time_learner_updates(algo, batches: list[dict], cfg: ACTrainBenchConfig, device: torch.device) -> float:
+    """Mean seconds of ``algo.learner_group.update`` over the timed batches (after warm-up)."""
     from ray.rllib.core import DEFAULT_MODULE_ID
     from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
+    def update(b: dict) -> None:
+        algo.learner_group.update(batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(b)}, env_steps=len(b["src"])))
+
+    for b in batches[: cfg.warmup]:
+        update(b)
+    _sync(device)
+    t0 = time.perf_counter()
+    for b in batches[cfg.warmup :]:
+        update(b)
+    _sync(device)
+    return (time.perf_counter() - t0) / cfg.batches
+
+
+def run(cfg: ACTrainBenchConfig) -> dict:
     from envs.pairs import PairData
     from envs.seqpred import SeqPredConfig
     from envs.vector import SeqPredVectorEnv
@@ -173,32 +188,12 @@ def run(cfg: ACTrainBenchConfig) -> dict:
         algo = _build_ac_algorithm(ac_cfg, task)
         algo.set_stage("joint")
         try:
-            def erac_update(b: dict) -> None:
-                algo.learner_group.update(batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(b)}, env_steps=len(b["src"])))
-
-            for b in batches[: cfg.warmup]:
-                erac_update(b)
-            _sync(device)
-            t0 = time.perf_counter()
-            for b in batches[cfg.warmup :]:
-                erac_update(b)
-            _sync(device)
-            t_erac = (time.perf_counter() - t0) / cfg.batches
+            t_erac = _time_learner_updates(algo, batches, cfg, device)
         finally:
             algo.stop()
         mle_algo = _build_algorithm(mle_cfg, task)
         try:
-            def mle_update(r: dict) -> None:
-                mle_algo.learner_group.update(batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(r)}, env_steps=len(r["src"])))
-
-            for r in same_rows[: cfg.warmup]:
-                mle_update(r)
-            _sync(device)
-            t0 = time.perf_counter()
-            for r in same_rows[cfg.warmup :]:
-                mle_update(r)
-            _sync(device)
-            t_mle = (time.perf_counter() - t0) / cfg.batches
+            t_mle = _time_learner_updates(mle_algo, same_rows, cfg, device)
         finally:
             mle_algo.stop()
     finally:
@@ -247,7 +242,11 @@ def _plain_updates(s2s, erac, batches: list[dict], mle_batches: list[dict], cfg:
     from rayseq.algorithms.mle import mle_loss
     from rayseq.models.critic import polyak_update
     from rayseq.models.seq2seq import Seq2Seq
-    from rayseq.runtime.ac_learner import ActorCriticRLModule, clip_global_norm_, packed_losses
+    from rayseq.runtime.ac_learner import (
+        ActorCriticRLModule,
+        clip_global_norm_,
+        packed_losses,
+    )
 
     module = ActorCriticRLModule(
         observation_space=spaces.Box(0, 1, (1,)), action_space=spaces.Discrete(s2s.tgt_vocab_size),
