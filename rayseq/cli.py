@@ -90,6 +90,32 @@ def _run_data(args: argparse.Namespace) -> int:
     raise AssertionError(args.data)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="plot validation BLEU, entropy, sample BLEU, TD loss of several runs")
+    p.add_argument("runs", nargs="+", metavar="[LABEL=]RUN_DIR", help="run directories (or metrics.jsonl files)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--metrics", help="comma-separated metric names (default: bleu/valid,entropy,sample/bleu,loss/critic_td)")
+    p.add_argument("--title")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rayseq.metrics import COMPARE_METRICS, plot_comparison
+
+    runs = {}
+    for item in args.runs:
+        label, sep, path = item.partition("=")
+        if not sep:
+            label, path = Path(item).name, item
+        if not Path(path).exists():
+            raise ValueError(f"{path}: no such run directory or metrics.jsonl; give RUN_DIR or LABEL=RUN_DIR")
+        runs[label] = path
+    metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else COMPARE_METRICS
+    print(plot_comparison(runs, args.out, metrics, args.title))
+    return 0
+
+
 def _add_module_command(name: str, module: str, help_text: str):
     """A subcommand whose module provides ``add_arguments(parser)`` and ``run(args)``."""
     import importlib
@@ -168,6 +194,7 @@ def _run_train(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "train": (_add_train, _run_train),
     "bench": (_add_bench, _run_bench),
+    "compare": (_add_compare, _run_compare),
     "data": (_add_data, _run_data),
     "eval": _add_module_command("eval", "rayseq.commands.evaluate", "BLEU of a trained run on a split or files"),
     "translate": _add_module_command("translate", "rayseq.commands.translate", "translate tokenized stdin to stdout"),

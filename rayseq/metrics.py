@@ -279,3 +279,49 @@ __all__ = [
     "plot_learning_curve",
     "read_metrics",
 ]
+
+
+COMPARE_METRICS: tuple[str, ...] = (BLEU_VALID, ENTROPY, "sample/bleu", LOSS_CRITIC_TD)
+"""What ``rayseq compare`` plots by default (one panel each, against the update count)."""
+
+
+def plot_comparison(
+    runs: Mapping[str, str | os.PathLike[str]],
+    out_png: str | os.PathLike[str],
+    metrics: tuple[str, ...] = COMPARE_METRICS,
+    title: str | None = None,
+) -> Path:
+    """One panel per metric, one line per run (label → run dir or metrics.jsonl), x = update.
+
+    Runs without a metric are left out of its panel; a panel no run has says so. Written
+    atomically; returns its path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise ValueError("plot_comparison: no runs given.")
+    records = {label: read_metrics(path) for label, path in runs.items()}
+    fig = Figure(figsize=(4.6 * len(metrics), 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, name in zip(axes, metrics):
+        plotted = False
+        for label, recs in records.items():
+            xs, ys = _series(recs, STEP, name)
+            if xs:
+                ax.plot(xs, ys, "o-" if name == BLEU_VALID else "-", label=label, markersize=3, linewidth=1)
+                plotted = True
+        if plotted:
+            ax.legend(loc="best", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {name}", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("update")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(out_png, buf.getvalue())

@@ -425,3 +425,19 @@ def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
     assert json.loads(results.read_text()) == {BLEU_TEST: 35.1, "best_epoch": 9}
     _no_temp_files(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.bin", "results.json"]
+
+
+def test_plot_comparison_draws_every_run_and_names_missing_metrics(tmp_path) -> None:
+    from rayseq.metrics import MetricsWriter, plot_comparison
+
+    for name, slope in (("a", 1.0), ("b", -1.0)):
+        run = tmp_path / name
+        run.mkdir()
+        with MetricsWriter(run) as w:
+            for step in range(1, 6):
+                w.log(step, step / 5, {"bleu/valid": 30 + slope * step, "entropy": 1.0})
+    out = plot_comparison({"A": tmp_path / "a", "B": tmp_path / "b"}, tmp_path / "cmp.png",
+                          metrics=("bleu/valid", "entropy", "loss/critic_td"))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no runs"):
+        plot_comparison({}, tmp_path / "x.png")
