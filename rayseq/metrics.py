@@ -17,9 +17,10 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 
 from rayseq.run_dir import METRICS_JSONL, atomic_write_bytes
 
@@ -36,6 +37,13 @@ POLICY_LAG = "policy_lag"
 LR = "lr"
 GRAD_NORM = "grad_norm"
 EPOCH_TIME_S = "time/epoch_s"
+LOSS_CRITIC_VAR = "loss/critic_var"
+LOSS_ACTOR_OBJECTIVE = "loss/actor_objective"
+Q_TAKEN = "critic/q_taken"
+POLICY_LAG_MAX = "policy_lag_max"
+SAMPLE_BLEU = "sample/bleu"
+SAMPLE_LEN = "sample/length"
+SAMPLE_TOKENS_PER_S = "sample/tokens_per_s"
 
 METRIC_NAMES: dict[str, str] = {
     LOSS_ACTOR: "the loss the actor is trained on (MLE NLL, RAML Eq. 2, ERAC/AC actor Eq. 20, VAML step 2)",
@@ -49,6 +57,13 @@ METRIC_NAMES: dict[str, str] = {
     LR: "current learning rate of the actor",
     GRAD_NORM: "global L2 norm of the actor's gradient before clipping",
     EPOCH_TIME_S: "wall-clock seconds of the last epoch (training and validation)",
+    LOSS_CRITIC_VAR: "Var_w Q(s, w) over the allowed vocabulary, summed over steps (the λ_var smoothing)",
+    LOSS_ACTOR_OBJECTIVE: "the actor's RL term alone (Eq. 20), without the λ_mle·MLE term",
+    Q_TAKEN: "mean critic value Q(s_t, a_t) of the sampled actions",
+    POLICY_LAG_MAX: "the largest policy lag in the logging window",
+    SAMPLE_BLEU: "mean sentence BLEU (0-100) of the sequences the learner trained on",
+    SAMPLE_LEN: "mean length (tokens, eos excluded) of the sequences the learner trained on",
+    SAMPLE_TOKENS_PER_S: "tokens sampled per second of rollout-worker time (actor + reward)",
 }
 """Every shared metric name → what it measures. Log these names; others are allowed but
 should only be added here once two algorithms use them."""
@@ -114,7 +129,7 @@ class MetricsWriter:
     def log(
         self,
         step: int,
-        epoch: float | int | None,
+        epoch: float | None,
         metrics: Mapping[str, Any],
         time_s: float | None = None,
     ) -> dict[str, Any]:
@@ -152,7 +167,7 @@ class MetricsWriter:
             self._tb.close()
             self._tb = None
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(
@@ -272,10 +287,10 @@ __all__ = [
     "LOSS_MLE",
     "LR",
     "METRIC_NAMES",
-    "MetricsWriter",
     "POLICY_LAG",
     "RESERVED_KEYS",
     "TOKENS_PER_S",
+    "MetricsWriter",
     "plot_learning_curve",
     "read_metrics",
 ]

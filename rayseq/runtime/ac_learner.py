@@ -35,7 +35,15 @@ from rayseq.algorithms.erac import (
     soft_value,
     step_masks,
 )
-from rayseq.metrics import ENTROPY, LOSS_ACTOR, LOSS_CRITIC_TD, LOSS_MLE
+from rayseq.metrics import (
+    ENTROPY,
+    LOSS_ACTOR,
+    LOSS_ACTOR_OBJECTIVE,
+    LOSS_CRITIC_TD,
+    LOSS_CRITIC_VAR,
+    LOSS_MLE,
+    Q_TAKEN,
+)
 from rayseq.models.base import PAD
 from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -44,7 +52,6 @@ from rayseq.runtime.actor_module import ActorRLModule
 STAGES = ("critic", "joint")
 ACTOR_LOGITS, MLE_LOGITS, Q, Q_TARGET = "actor_logits", "mle_logits", "q", "q_target"
 STEP_MASK, MLE_TARGETS = "step_mask", "mle_targets"
-LOSS_CRITIC_VAR, Q_TAKEN, ACTOR_OBJECTIVE = "loss/critic_var", "critic/q_taken", "loss/actor_objective"
 
 
 class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
@@ -226,5 +233,5 @@ def packed_losses(fwd_out: dict[str, Any], batch: dict[str, Any], erac: ERACConf
             num_seqs=n_seqs,
         )  # Eq. (20) + λ_mle·MLE
         total = total + aloss.loss
-        parts.update({LOSS_ACTOR: aloss.loss.item(), ACTOR_OBJECTIVE: aloss.objective.item(), LOSS_MLE: aloss.mle.item()})
+        parts.update({LOSS_ACTOR: aloss.loss.item(), LOSS_ACTOR_OBJECTIVE: aloss.objective.item(), LOSS_MLE: aloss.mle.item()})
     return total, parts

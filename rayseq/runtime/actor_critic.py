@@ -41,26 +41,25 @@ from rayseq.algorithms.erac import ERACConfig
 from rayseq.metrics import (
     ENTROPY,
     LOSS_ACTOR,
+    LOSS_ACTOR_OBJECTIVE,
     LOSS_CRITIC_TD,
+    LOSS_CRITIC_VAR,
     LOSS_MLE,
     POLICY_LAG,
+    POLICY_LAG_MAX,
+    Q_TAKEN,
+    SAMPLE_BLEU,
+    SAMPLE_LEN,
+    SAMPLE_TOKENS_PER_S,
     TOKENS_PER_S,
 )
 from rayseq.replay import ReplayBuffer
 from rayseq.rollout import collate
-from rayseq.runtime.ac_learner import (
-    ACTOR_OBJECTIVE,
-    LOSS_CRITIC_VAR,
-    Q_TAKEN,
-    STAGES,
-    ActorCriticLearner,
-    ActorCriticRLModule,
-)
+from rayseq.runtime.ac_learner import STAGES, ActorCriticLearner, ActorCriticRLModule
 from rayseq.runtime.rollout_runner import SeqRolloutRunner
 
 SCHEDULES = ("sync", "async")
-SAMPLE_BLEU, SAMPLE_LEN, SAMPLE_TOKENS_PER_S = "sample/bleu", "sample/length", "sample/tokens_per_s"
-LEARNER_KEYS = (LOSS_CRITIC_TD, LOSS_CRITIC_VAR, Q_TAKEN, ENTROPY, LOSS_ACTOR, ACTOR_OBJECTIVE, LOSS_MLE)
+LEARNER_KEYS = (LOSS_CRITIC_TD, LOSS_CRITIC_VAR, Q_TAKEN, ENTROPY, LOSS_ACTOR, LOSS_ACTOR_OBJECTIVE, LOSS_MLE)
 
 
 class ActorCriticConfig(AlgorithmConfig):
@@ -268,7 +267,7 @@ class ActorCriticAlgorithm(Algorithm):
             rec = {k: float(np.mean([r[DEFAULT_MODULE_ID][k].peek() for r in results if k in r[DEFAULT_MODULE_ID]]))
                    for k in LEARNER_KEYS if k in results[0][DEFAULT_MODULE_ID]}
             rec[POLICY_LAG] = float(lag.mean())
-            rec["policy_lag_max"] = float(lag.max())
+            rec[POLICY_LAG_MAX] = float(lag.max())
             ref_len = np.array([len(e.ref) for e in episodes], dtype=float)
             rec[SAMPLE_BLEU] = float(np.mean([e.bleu_scaled for e in episodes] / ref_len)) * 100.0
             rec[SAMPLE_LEN] = float(batch["lengths"].mean())
@@ -279,7 +278,7 @@ class ActorCriticAlgorithm(Algorithm):
             if self.num_updates % cfg.log_every == 0:
                 elapsed = time.perf_counter() - t0
                 out = {k: float(np.mean(v)) for k, v in window.items()}
-                out["policy_lag_max"] = float(np.max(window["policy_lag_max"]))
+                out[POLICY_LAG_MAX] = float(np.max(window[POLICY_LAG_MAX]))
                 out[TOKENS_PER_S] = trained_tokens / elapsed
                 out[SAMPLE_TOKENS_PER_S] = self._sample_tokens / max(self._sample_time, 1e-9)
                 out["stage"] = self.stage
