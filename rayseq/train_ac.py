@@ -133,6 +133,8 @@ def _build_ac_algorithm(cfg: RunConfig, task: Task):
             create_local_env_runner=workers == 0,
         )
         .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner())
+        # critic pretraining gives the actor no gradient: DDP (num_learners > 1) must allow that
+        .framework(torch_ddp_kwargs={"find_unused_parameters": True})
         .debugging(seed=cfg.seed)
     )
     rl_cfg.objective_config = asdict(ac)

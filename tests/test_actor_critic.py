@@ -212,6 +212,16 @@ def test_async_schedule_trains_from_replay_with_logged_policy_lag(tmp_path, mle_
 
 
 @pytest.mark.ray
+def test_remote_learner_layout(tmp_path, mle_run):
+    """The learner in its own Ray actor (``--num-learners 1``), as on a cluster."""
+    from rayseq.train import train
+
+    results = train(_ac_config("erac", tmp_path / "remote", mle_run, "algo.joint_epochs=0.1", num_rollout_workers=1,
+                               num_learners=1))
+    assert results["critic_updates"] > 0 and results["joint_updates"] > 0
+
+
+@pytest.mark.ray
 def test_resume_skips_finished_stages(tmp_path, mle_run):
     from rayseq.train import train
 
