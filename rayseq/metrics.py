@@ -215,6 +215,16 @@ def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float],
     return xs, ys
 
 
+def _write_png(fig: Any, out_png: str | os.PathLike[str], title: str | None) -> Path:
+    """Title, tight layout, and the figure as a PNG written atomically; returns its path."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(out_png, buf.getvalue())
+
+
 def plot_learning_curve(
     metrics_path: str | os.PathLike[str], out_png: str | os.PathLike[str], title: str | None = None
 ) -> Path:
@@ -268,12 +278,7 @@ def plot_learning_curve(
     ax_loss.set_title("training loss vs step")
     ax_loss.grid(alpha=0.3)
 
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(out_png, buf.getvalue())
+    return _write_png(fig, out_png, title)
 
 
 __all__ = [
@@ -334,9 +339,4 @@ def plot_comparison(
         ax.set_xlabel("update")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(out_png, buf.getvalue())
+    return _write_png(fig, out_png, title)
