@@ -59,7 +59,7 @@ class SeqPredVectorEnv(VectorEnv):
         for i in np.flatnonzero(mask):
             self._buf.load(int(i), self._orders[i].next())
         self._autoreset[mask] = False
-        return self._buf.obs(slice(None)), {"index": self._buf.index.copy(), "_index": mask.copy()}
+        return self.observations(), {"index": self._buf.index.copy(), "_index": mask.copy()}
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
@@ -86,7 +86,7 @@ class SeqPredVectorEnv(VectorEnv):
                 "_length": terminated.copy(),
             }
         truncated = np.zeros(self.num_envs, dtype=bool)
-        return self._buf.obs(slice(None)), rewards, terminated, truncated, infos
+        return self.observations(), rewards, terminated, truncated, infos
 
     def step_rows(self, rows, actions) -> tuple[np.ndarray, np.ndarray]:
         """Advance only sub-environments ``rows`` by ``actions``; returns (rewards, terminated).

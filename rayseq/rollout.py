@@ -153,18 +153,9 @@ class RolloutSampler:
             # one decoder step for all M rows (idle rows' results are ignored: cheaper than
             # gathering the active rows' encoder memory every step)
             logits, state = self.actor.step(self._enc, self._state, self._last)  # [M, V]
-            logp = policy_log_probs(logits / self.temperature if self.temperature != 1.0 else logits, self.banned)
-            actions = sample_categorical(logp, self.generator)  # [M]
-            chosen = logp.gather(1, actions.unsqueeze(1)).squeeze(1)  # [M]
+            actions, chosen = self._draw(logits)  # [M], [M]
             self._state, self._last = state, actions
-            act_np = actions.cpu().numpy()[active]
-            rewards, terminated = self.env.step_rows(active, act_np)
-            pos = self._pos[active]
-            self._tokens[active, pos] = act_np
-            self._rewards[active, pos] = rewards
-            self._logp[active, pos] = chosen.float().cpu().numpy()[active]
-            self._pos[active] += 1
-            self.tokens_sampled += int(active.size)
+            terminated = self._advance(active, actions.cpu().numpy()[active], chosen.float().cpu().numpy()[active])
             done = active[terminated]
             if done.size:
                 self._obs = self.env.observations()
@@ -197,17 +188,8 @@ class RolloutSampler:
             enc = self._enc if full else self._enc.index_select(idx)
             state = self._state if full else self._state.index_select(idx)
             logits, new = self.actor.step(enc, state, self._last[idx])
-            logp = policy_log_probs(logits / self.temperature if self.temperature != 1.0 else logits, self.banned)
-            actions = sample_categorical(logp, self.generator)
-            chosen = logp.gather(1, actions.unsqueeze(1)).squeeze(1)
-            act_np = actions.cpu().numpy()
-            rewards, terminated = self.env.step_rows(active, act_np)
-            pos = self._pos[active]
-            self._tokens[active, pos] = act_np
-            self._rewards[active, pos] = rewards
-            self._logp[active, pos] = chosen.float().cpu().numpy()
-            self._pos[active] += 1
-            self.tokens_sampled += int(active.size)
+            actions, chosen = self._draw(logits)
+            terminated = self._advance(active, actions.cpu().numpy(), chosen.float().cpu().numpy())
             if full:
                 self._state = new
                 self._last = actions
@@ -218,6 +200,23 @@ class RolloutSampler:
                 out.append(self._finish(int(i)))
             active = active[~terminated]
         return out
+
+    def _draw(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions ``[R]`` drawn from the behaviour policy for logits ``[R, V]``, and their log-probs."""
+        logp = policy_log_probs(logits / self.temperature if self.temperature != 1.0 else logits, self.banned)
+        actions = sample_categorical(logp, self.generator)
+        return actions, logp.gather(1, actions.unsqueeze(1)).squeeze(1)
+
+    def _advance(self, rows: np.ndarray, actions: np.ndarray, logp: np.ndarray) -> np.ndarray:
+        """Step the env's ``rows`` by ``actions``, record action, reward and log-prob; returns terminated."""
+        rewards, terminated = self.env.step_rows(rows, actions)
+        pos = self._pos[rows]
+        self._tokens[rows, pos] = actions
+        self._rewards[rows, pos] = rewards
+        self._logp[rows, pos] = logp
+        self._pos[rows] += 1
+        self.tokens_sampled += int(rows.size)
+        return terminated
 
     def _finish(self, i: int) -> Episode:
         n = int(self._pos[i])  # actions taken: L + 1 with eos, L when capped

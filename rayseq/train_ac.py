@@ -42,7 +42,6 @@ from rayseq.metrics import (
     MetricsWriter,
     plot_learning_curve,
 )
-from rayseq.models.seq2seq import Seq2Seq
 from rayseq.registry import get_algorithm
 from rayseq.run_dir import (
     RESULTS_JSON,
@@ -52,6 +51,7 @@ from rayseq.run_dir import (
 )
 from rayseq.train import (
     CHECKPOINT_DIR,
+    _local_actor,
     _restore_checkpoint,
     _save_checkpoint,
     train,
@@ -143,12 +143,6 @@ def _build_ac_algorithm(cfg: RunConfig, task: Task):
     rl_cfg.weights_sync_every = ac.weights_sync_every
     rl_cfg.show_progress = sys.stderr.isatty()
     return rl_cfg.build_algo()
-
-
-def _local_actor(algo: Any, cfg: RunConfig, task: Task) -> Seq2Seq:
-    model = Seq2Seq(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
-    model.load_state_dict({k: torch.tensor(v) for k, v in algo.actor_state_dict().items()})
-    return model.eval()
 
 
 def _check_finite(records: list[dict[str, Any]], run_dir: Path, stage: str) -> None:

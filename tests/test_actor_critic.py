@@ -143,18 +143,6 @@ def test_nan_loss_stops_training_with_the_step_term_and_checkpoint(tmp_path) -> 
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from rayseq.runtime.session import init_ray
-
-    started = init_ray(num_cpus=3)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def mle_run(tmp_path_factory, ray_session):
     """A one-epoch MLE actor on the toy task (the MLE stage the RL runs start from)."""
     from rayseq.algorithms.mle import MLEConfig

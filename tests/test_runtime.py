@@ -15,18 +15,6 @@ from rayseq.registry import ALGORITHMS, SUPERVISED, get_algorithm
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from rayseq.runtime.session import init_ray
-
-    started = init_ray(num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _toy_config(algo, tmp_path, *overrides, **cli):
     entry = get_algorithm(algo)
     return build_run_config(algo, entry.config_cls, "cpu", "toy", ["epochs=2", *overrides], out=str(tmp_path / algo), **cli)

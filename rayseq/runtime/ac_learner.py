@@ -51,7 +51,7 @@ from rayseq.runtime.actor_module import ActorRLModule
 
 STAGES = ("critic", "joint")
 ACTOR_LOGITS, MLE_LOGITS, Q, Q_TARGET = "actor_logits", "mle_logits", "q", "q_target"
-STEP_MASK, MLE_TARGETS = "step_mask", "mle_targets"
+STEP_MASK, STEP_DONE, MLE_TARGETS = "step_mask", "step_done", "mle_targets"
 
 
 class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
@@ -78,8 +78,8 @@ class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
         (joint stage: the MLE term). Padding never reaches an output layer.
         """
         tgt_in, ref, ref_len = batch["tgt_in"], batch["ref"], batch["ref_len"]
-        mask, _ = step_masks(batch["lengths"], batch["capped"], tgt_in.size(1))  # [N, T]
-        out: dict[str, Any] = {STEP_MASK: mask}
+        mask, done = step_masks(batch["lengths"], batch["capped"], tgt_in.size(1))  # [N, T]
+        out: dict[str, Any] = {STEP_MASK: mask, STEP_DONE: done}
         if self.stage == "critic":
             with torch.no_grad():
                 out[ACTOR_LOGITS] = self.actor.out(self.actor.decode_hidden(self.actor.encode(batch["src"], batch["src_len"]), tgt_in)[mask])
@@ -208,9 +208,8 @@ def packed_losses(fwd_out: dict[str, Any], batch: dict[str, Any], erac: ERACConf
     padded ``[N, T]`` computation without the padding. Returns the total loss (critic + actor;
     their parameters are disjoint) and the logged parts.
     """
-    mask = fwd_out[STEP_MASK]  # [N, T]
+    mask, done = fwd_out[STEP_MASK], fwd_out[STEP_DONE]  # [N, T]
     n_seqs = mask.size(0)
-    _, done = step_masks(batch["lengths"], batch["capped"], mask.size(1))
     logits, q, q_bar = fwd_out[ACTOR_LOGITS][None], fwd_out[Q][None], fwd_out[Q_TARGET][None]  # [1, K, V]
     every = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)  # [1, K]
     logp = policy_log_probs(logits.detach(), erac.exclude_tokens)  # [1, K, V]

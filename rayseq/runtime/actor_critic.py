@@ -123,7 +123,6 @@ class ActorCriticAlgorithm(Algorithm):
         self._rng = np.random.default_rng(self.config.seed)
         self._credit = 0.0
         self._in_flight: set[int] = set()
-        self._pending: list = []
         self.set_stage("joint")
 
     # ----------------------------------------------------------------- stage / weights
@@ -157,17 +156,20 @@ class ActorCriticAlgorithm(Algorithm):
     def set_lr(self, lr: float) -> None:
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
 
-    def actor_state_dict(self) -> dict[str, Any]:
-        """The actor's torch state dict (keys of ``Seq2Seq``), from the (first) learner."""
+    def _inference_state(self) -> dict[str, Any]:
+        """The inference-only module state (``actor.*`` keys) of the (first) learner."""
         state = self.learner_group.get_state(
             components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}", inference_only=True
         )
-        module_state = state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
-        return {k.removeprefix("actor."): v for k, v in module_state.items() if k.startswith("actor.")}
+        return state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
+
+    def actor_state_dict(self) -> dict[str, Any]:
+        """The actor's torch state dict (keys of ``Seq2Seq``), from the (first) learner."""
+        return {k.removeprefix("actor."): v for k, v in self._inference_state().items() if k.startswith("actor.")}
 
     def push_weights(self) -> None:
         """Send the learner's actor weights to every rollout worker as version ``num_updates``."""
-        state = {f"actor.{k}": v for k, v in self.actor_state_dict().items()}
+        state = self._inference_state()
         version = self.num_updates
         if self.env_runner_group.num_remote_env_runners():
             ref = ray.put(state)
