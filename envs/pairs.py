@@ -84,6 +84,23 @@ def translation_pairs(
     )
 
 
+def caption_pairs(
+    task: str = "coco",
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    max_pairs: int | None = None,
+) -> PairData:
+    """A captioning task's split: image features (float32 ``[D]``) as sources, captions as references."""
+    from rayseq.data.tasks import load_task
+
+    t = load_task(task, data_dir)
+    if len(t.src_vocab) != 0:
+        raise DataError(f"task {task!r} is not a captioning task (its sources are tokens); use rayseq/Translation-v0.")
+    corpus = t.split(split)
+    n = len(corpus) if max_pairs is None else min(max_pairs, len(corpus))
+    return PairData(src=corpus.src[:n], ref=corpus.tgt[:n], src_vocab_size=0, tgt_vocab_size=len(t.tgt_vocab), name=corpus.name)
+
+
 def toy_pairs(
     num_pairs: int = 512, num_symbols: int = 6, min_len: int = 2, max_len: int = 5, seed: int = 0
 ) -> PairData:

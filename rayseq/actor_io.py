@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from rayseq.data.atomic import atomic_write
+from rayseq.data.coco import FeatureSourceVocab
 from rayseq.data.errors import DataError
 from rayseq.data.vocab import Vocab
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -183,7 +184,8 @@ def load_actor(path: PathLike, device: str | torch.device = "cpu") -> LoadedActo
     except (TypeError, ValueError) as e:
         raise DataError(f"{path}: model_config {obj['model_config']!r} is not a valid Seq2SeqConfig ({e}).") from None
     try:
-        src_vocab, tgt_vocab = Vocab(obj["src_itos"]), Vocab(obj["tgt_itos"])
+        src_vocab = FeatureSourceVocab() if cfg.src_feature_dim > 0 else Vocab(obj["src_itos"])  # captioning: no source vocab
+        tgt_vocab = Vocab(obj["tgt_itos"])
     except DataError as e:
         raise DataError(f"{path}: bad vocabulary in actor file: {e}") from None
     for side, vocab, size in (("src", src_vocab, cfg.src_vocab_size), ("tgt", tgt_vocab, cfg.tgt_vocab_size)):

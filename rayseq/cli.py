@@ -34,6 +34,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--envs", type=int, default=64, help="sequences sampled in parallel per worker")
     ro.add_argument("--seconds", type=float, default=20.0, help="timed sampling per side")
     ro.add_argument("--json", action="store_true", help="print one JSON line")
+    rp = bsub.add_parser("replay", help="Redis replay backend insert/sample throughput vs the in-memory buffer")
+    rp.add_argument("--episodes", type=int, default=20000)
+    rp.add_argument("--batch", type=int, default=500)
+    rp.add_argument("--url", help="Redis URL (default $RAYSEQ_REDIS_URL, else a private redis-server)")
+    rp.add_argument("--json", action="store_true", help="print one JSON line")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -60,6 +65,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         from rayseq.bench.rollout import RolloutBenchConfig, run as run_rollout
 
         result = run_rollout(RolloutBenchConfig(envs=args.envs, seconds=args.seconds))
+    elif args.bench == "replay":
+        from rayseq.bench.replay import ReplayBenchConfig, run as run_replay
+
+        result = run_replay(ReplayBenchConfig(episodes=args.episodes, batch=args.batch, url=args.url))
     else:
         raise AssertionError(args.bench)
     if args.json:
@@ -78,9 +87,16 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     i.add_argument("outdir", help="where train/valid/test.de-en.{de,en} are written")
     i.add_argument("--overwrite", action="store_true", help="replace files already in OUTDIR")
     i.add_argument("--no-progress", action="store_true")
+    from rayseq.commands.features import add_data_commands
+
+    add_data_commands(dsub)  # extract-features, surrogate-features (captioning)
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    if args.data in ("extract-features", "surrogate-features"):
+        from rayseq.commands.features import run_data_command
+
+        return run_data_command(args)
     if args.data == "prepare-iwslt14":
         from rayseq.data.iwslt14 import prepare_iwslt14
 
@@ -198,6 +214,8 @@ _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callabl
     "data": (_add_data, _run_data),
     "eval": _add_module_command("eval", "rayseq.commands.evaluate", "BLEU of a trained run on a split or files"),
     "translate": _add_module_command("translate", "rayseq.commands.translate", "translate tokenized stdin to stdout"),
+    "submit": _add_module_command("submit", "rayseq.cluster.submit", "run a rayseq command as a job on a Ray cluster (rayseq submit -- train ...)"),
+    "jobs": _add_module_command("jobs", "rayseq.cluster.jobs", "status, logs, stop or list jobs submitted to a Ray cluster"),
 }
 
 

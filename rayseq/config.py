@@ -74,11 +74,13 @@ class ModelConfig:
         # Seq2SeqConfig owns the checks (dec_hidden = 2·enc_hidden, dropout in [0, 1), ...).
         self.to_seq2seq(src_vocab_size=1, tgt_vocab_size=1)
 
-    def to_seq2seq(self, src_vocab_size: int, tgt_vocab_size: int) -> Seq2SeqConfig:
-        """The actor's ``Seq2SeqConfig`` for the task's vocabularies."""
+    def to_seq2seq(self, src_vocab_size: int, tgt_vocab_size: int, src_feature_dim: int = 0) -> Seq2SeqConfig:
+        """The actor's ``Seq2SeqConfig`` for the task's vocabularies (``src_feature_dim`` > 0 and
+        ``src_vocab_size`` 0: feature sources, the NIC captioning actor)."""
         return Seq2SeqConfig(
             src_vocab_size=src_vocab_size,
             tgt_vocab_size=tgt_vocab_size,
+            src_feature_dim=src_feature_dim,
             **dataclasses.asdict(self),
         )
 
@@ -206,8 +208,10 @@ class RunConfig:
         return 1.0 if torch.cuda.is_available() else 0.0
 
     def seq2seq_config(self, src_vocab_size: int, tgt_vocab_size: int) -> Seq2SeqConfig:
-        """The actor's ``Seq2SeqConfig`` for the task's vocabularies."""
-        return self.model.to_seq2seq(src_vocab_size, tgt_vocab_size)
+        """The actor's ``Seq2SeqConfig`` for the task's vocabularies; a captioning task (whose
+        source "vocabulary" is empty) gives its image feature size, so the actor is NIC."""
+        feature_dim = getattr(DATA_TASKS[self.task], "feature_dim", 0) if src_vocab_size == 0 else 0
+        return self.model.to_seq2seq(src_vocab_size, tgt_vocab_size, feature_dim)
 
 
 def default_out(algo: str, task: str, preset: str, seed: int) -> str:
@@ -233,6 +237,20 @@ _TOY: dict[str, Any] = {
     "algo.joint_epochs": 2.0,
     "algo.valid_every": 4,
     "algo.beta": 0.05,  # ~120 critic updates: the target critic must follow within them
+    "algo.baseline_pretrain_epochs": 2.0,  # MIXER: its baseline b_t pretrained like the critic above
+    # VAML: 3 passes of Q-net training (60 updates of 50 references), checked on 200 references
+    "algo.qnet_epochs": 3.0,
+    "algo.qnet_valid_sentences": 200,
+    # swap-ins (RLlib PPO/APPO/SAC): a few small iterations
+    "algo.iterations": 4,
+    "algo.valid_every_iters": 2,
+    "algo.train_batch_size": 200,
+    "algo.minibatch_size": 50,
+    "algo.num_epochs": 2,
+    "algo.rollout_fragment_length": 10,
+    "algo.learning_starts": 100,
+    "algo.actor_warmup": 100,
+    "algo.head_hidden": 32,
 }
 """The toy task under every preset: a tiny model, a few epochs; a full run takes seconds."""
 
@@ -253,6 +271,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "model.dropout": 0.3,
         },
         "toy": _TOY,
+        # Captioning (NIC on the Karpathy split): training captions have <= 16 tokens.
+        "coco": {"max_decode_len": 20},
     },
     # Sized so a full MLE run on Multi30k takes about 30 minutes on 2 CPU cores: a plain PyTorch
     # loop with the paper's actor needs ~134 s per Multi30k epoch at batch 50 (232 ms/update ×
@@ -287,6 +307,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # vocabulary: one epoch is roughly an hour on 2 cores. One epoch is a check, not a result.
         "iwslt14": {"epochs": 1},
         "toy": _TOY,
+        # Captioning on 2 CPU cores: 119K restval pairs (2,389 MLE updates of 50 per epoch), NIC
+        # with the actor's sizes; validation on the first 500 Karpathy-val images, captions <= 20
+        # steps. Actor-critic: 240 critic-pretraining and 480 joint updates (0.1 / 0.2 epoch).
+        "coco": {
+            "epochs": 3,
+            "valid_max_sentences": 500,
+            "max_decode_len": 20,
+            "algo.critic_pretrain_epochs": 0.1,
+            "algo.joint_epochs": 0.2,
+            "algo.valid_every": 100,
+        },
     },
     # The README's main job: the whole actor-critic pipeline on Multi30k in about 10 minutes on
     # 2 CPU cores — a 3-epoch MLE stage (~4.5 min), 58 critic-pretraining updates and 116 joint
@@ -309,6 +340,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "algo.beta": 0.05,
         },
         "toy": _TOY,
+        "coco": {
+            "epochs": 1,
+            "valid_max_sentences": 300,
+            "max_decode_len": 20,
+            "algo.critic_pretrain_epochs": 0.02,
+            "algo.joint_epochs": 0.04,
+            "algo.valid_every": 48,
+        },
     },
 }
 """Preset name → task (or ``"*"`` for every task) → dotted-key overrides, applied ``"*"`` first."""

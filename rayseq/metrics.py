@@ -44,6 +44,14 @@ POLICY_LAG_MAX = "policy_lag_max"
 SAMPLE_BLEU = "sample/bleu"
 SAMPLE_LEN = "sample/length"
 SAMPLE_TOKENS_PER_S = "sample/tokens_per_s"
+LOSS_BASELINE = "loss/baseline"
+REWARD_BASELINE = "reward/baseline"
+LOSS_VAML_CE = "loss/vaml_ce"
+QNET_VALID_TD = "qnet/valid_td"
+QNET_GREEDY_BLEU = "qnet/greedy_bleu"
+WORKER_RESTARTS = "workers/restarts"
+REPLAY_SIZE = "replay/size"
+LOSS_VALUE = "loss/value"
 
 METRIC_NAMES: dict[str, str] = {
     LOSS_ACTOR: "the loss the actor is trained on (MLE NLL, RAML Eq. 2, ERAC/AC actor Eq. 20, VAML step 2)",
@@ -64,6 +72,14 @@ METRIC_NAMES: dict[str, str] = {
     SAMPLE_BLEU: "mean sentence BLEU (0-100) of the sequences the learner trained on",
     SAMPLE_LEN: "mean length (tokens, eos excluded) of the sequences the learner trained on",
     SAMPLE_TOKENS_PER_S: "tokens sampled per second of rollout-worker time (actor + reward)",
+    LOSS_BASELINE: "squared error of a learned REINFORCE baseline b_t against the return-to-go, summed over steps (MIXER)",
+    REWARD_BASELINE: "mean REINFORCE baseline of the first step as a sentence BLEU (0-100, b / |y*|): SCST the greedy decode's, MIXER b(s_0)",
+    LOSS_VAML_CE: "VAML step 2: Σ_t CE(P_Qφ ‖ π_θ) over every token, RAML-weighted, per source (logged; the loss mixes it with the NLL)",
+    QNET_VALID_TD: "VAML Q-net: Eq. 16's squared soft TD error per sequence on corrupted validation references",
+    QNET_GREEDY_BLEU: "VAML Q-net: corpus BLEU (0-100) of argmax-Q decoding given the validation references (an oracle reads y*)",
+    WORKER_RESTARTS: "rollout-worker restarts so far (RLlib restarted a failed env runner; training went on)",
+    REPLAY_SIZE: "episodes held by the replay buffer (memory or Redis backend)",
+    LOSS_VALUE: "squared error of a learned state-value head V(s) against its return target (PPO: GAE, APPO: V-trace)",
 }
 """Every shared metric name → what it measures. Log these names; others are allowed but
 should only be added here once two algorithms use them."""

@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from rayseq.algorithms.erac import ACConfig, ERACConfig, ERACNoFutEntConfig
 from rayseq.algorithms.mle import MLEConfig
 from rayseq.algorithms.raml import RAMLConfig
+from rayseq.algorithms.reinforce import MIXERConfig, SCSTConfig
+from rayseq.algorithms.swapins import APPOSwapConfig, PPOSwapConfig, SACSwapConfig
+from rayseq.algorithms.vaml import VAMLConfig
 
 SUPERVISED, ACTOR_CRITIC = "supervised", "actor_critic"
 """Driver kinds: ``supervised`` (dataset batches, ``rayseq.train``), ``actor_critic`` (MLE stage →
 critic pretraining → joint training with rollout workers, ``rayseq.train_ac``)."""
+
+SWAPIN = "swapin"
+"""Driver kind of RLlib's own algorithms on the sequence MDP (MLE stage → ``Algorithm.train()``
+iterations, ``rayseq.train_swapin``); ``algorithm_path`` is the RLlib Algorithm class itself."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +50,24 @@ _ACTOR_CRITIC = "rayseq.runtime.actor_critic:ActorCriticAlgorithm"
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     "mle": AlgorithmEntry(MLEConfig, _SUPERVISED, "mle", "maximum likelihood (teacher forcing)"),
     "raml": AlgorithmEntry(RAMLConfig, _SUPERVISED, "raml", "reward augmented maximum likelihood, Eq. (1)-(2)"),
+    "vaml": AlgorithmEntry(
+        VAMLConfig, "rayseq.runtime.vaml:VAMLAlgorithm", "vaml", "value augmented maximum likelihood: soft Q-net Eq. (16), actor Eq. (17)"
+    ),
     "ac": AlgorithmEntry(ACConfig, _ACTOR_CRITIC, "ac", "actor-critic (Bahdanau et al. 2016): ERAC with τ = 0", ACTOR_CRITIC),
     "erac": AlgorithmEntry(ERACConfig, _ACTOR_CRITIC, "erac", "entropy-regularised actor-critic, Eq. (18)-(20)", ACTOR_CRITIC),
     "erac-nofutent": AlgorithmEntry(
         ERACNoFutEntConfig, _ACTOR_CRITIC, "erac-nofutent", "ERAC without future entropy (critic τ = 0; Table 4)", ACTOR_CRITIC
     ),
+    "scst": AlgorithmEntry(
+        SCSTConfig, _ACTOR_CRITIC, "scst", "self-critical sequence training (Rennie et al. 2017): REINFORCE, greedy-decode baseline", ACTOR_CRITIC
+    ),
+    "mixer": AlgorithmEntry(
+        MIXERConfig, _ACTOR_CRITIC, "mixer",
+        "REINFORCE with a learned baseline b_t (Ranzato et al. 2016's MIXER without the XENT→REINFORCE curriculum)", ACTOR_CRITIC,
+    ),
+    "ppo": AlgorithmEntry(PPOSwapConfig, "ray.rllib.algorithms.ppo:PPO", "ppo", "RLlib's PPO (clipped surrogate, GAE) on the actor: a swap-in", SWAPIN),
+    "appo": AlgorithmEntry(APPOSwapConfig, "ray.rllib.algorithms.appo:APPO", "appo", "RLlib's APPO (asynchronous PPO, V-trace) on the actor: a swap-in", SWAPIN),
+    "sac": AlgorithmEntry(SACSwapConfig, "ray.rllib.algorithms.sac:SAC", "sac", "RLlib's discrete SAC (twin Q heads) on the actor: a swap-in", SWAPIN),
 }
 
 

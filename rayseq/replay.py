@@ -86,3 +86,16 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         self.added, self.sampled, self.dropped = int(state["added"]), int(state["sampled"]), int(state["dropped"])
         self._rng.bit_generator.state = state["rng"]
+
+
+def make_replay_buffer(backend: str, capacity: int, seed: int = 0, key: str = "rayseq:replay"):
+    """The buffer for ``backend``: ``memory`` → :class:`ReplayBuffer`; ``redis`` or a redis:// URL →
+    :class:`rayseq.replay_redis.RedisReplayBuffer` under ``key`` (URL from $RAYSEQ_REDIS_URL for ``redis``)."""
+    if backend == "memory":
+        return ReplayBuffer(capacity, seed=seed)
+    if backend == "redis" or backend.startswith(("redis://", "rediss://", "unix://")):
+        from rayseq.replay_redis import RedisReplayBuffer
+
+        return RedisReplayBuffer(capacity, seed=seed, url=None if backend == "redis" else backend, key=key)
+    raise ValueError(f"replay backend {backend!r}: use 'memory', 'redis' or a redis:// URL.")
+

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from envs.vector import SeqPredVectorEnv
-from rayseq.algorithms.erac import policy_log_probs
-from rayseq.decoding import BANNED_TOKENS, sample_categorical
+from rayseq.algorithms.erac import policy_log_probs, token_rewards
+from rayseq.decoding import BANNED_TOKENS, greedy, sample_categorical
 from rayseq.models.base import BOS, EOS, PAD
 from rayseq.models.seq2seq import DecState, EncoderOut, Seq2Seq
 
@@ -52,6 +52,9 @@ class Episode:
     """Weights version that started the episode (the learner's update counter when pushed)."""
     index: int
     """Pair index in the training data."""
+    greedy_reward: float | None = None
+    """Σ_t r_t of the greedy (argmax) decode of the same source (the SCST baseline), when the
+    sampler decodes it (``RolloutSampler.greedy_baseline``); else None."""
 
     @property
     def length(self) -> int:
@@ -79,8 +82,6 @@ class RolloutSampler:
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"RolloutSampler: temperature={temperature} must be > 0.")
-        if env.pairs.features:
-            raise ValueError("RolloutSampler: feature sources (captioning) need an image encoder; not supported yet.")
         self.actor = actor
         self.env = env
         self.temperature = float(temperature)
@@ -107,6 +108,9 @@ class RolloutSampler:
         self._state: DecState | None = None
         self._last = torch.full((m,), BOS, dtype=torch.long, device=self.device)
         self.tokens_sampled = 0
+        self.greedy_baseline = False
+        """Also decode every collected episode's source greedily (:meth:`greedy_rewards`) and
+        store its reward in ``Episode.greedy_reward`` (SCST)."""
 
     # ------------------------------------------------------------------ weights
 
@@ -139,7 +143,7 @@ class RolloutSampler:
             out: list[Episode] = []
             while len(out) < num_episodes:
                 out.extend(self._wave(min(self.env.num_envs, num_episodes - len(out))))
-            return out
+            return self._attach_greedy(out)
         m = self.env.num_envs
         if not self._started:
             obs, _ = self.env.reset(seed=self._seed)
@@ -170,7 +174,41 @@ class RolloutSampler:
                 self._obs = obs
                 self._start_rows(rows)
                 self._idle[rows] = False
-        return out
+        return self._attach_greedy(out)
+
+    def _attach_greedy(self, episodes: list[Episode]) -> list[Episode]:
+        if self.greedy_baseline and episodes:
+            for e, r in zip(episodes, self.greedy_rewards(episodes)):
+                e.greedy_reward = float(r)
+        return episodes
+
+    @torch.no_grad()
+    def greedy_rewards(self, episodes: Sequence[Episode]) -> np.ndarray:
+        """``[N]`` Σ_t r_t of the actor's greedy (argmax) decode of each episode's source.
+
+        The SCST baseline (Rennie et al. 2017): the test-time output of the current weights,
+        decoded with dropout off under the env's length cap min(|y*| + len_slack, max_len) and
+        scored with the env's reward (BLEU increments × scale, the arithmetic of
+        ``envs.rewards``), so that it is comparable with ``Episode.bleu_scaled``. One batched
+        decode for all episodes; the actor's train/eval mode is restored.
+        """
+        cfg = self.env.config
+        src_len = np.array([len(e.src) for e in episodes], dtype=np.int64)
+        src = np.full((len(episodes), int(src_len.max())), PAD, dtype=episodes[0].src.dtype)  # float32 image features for captioning
+        for i, e in enumerate(episodes):
+            src[i, : len(e.src)] = e.src
+        caps = np.minimum(np.array([len(e.ref) for e in episodes]) + cfg.len_slack, cfg.max_len)  # tokens at most
+        was_training = self.actor.training
+        self.actor.eval()
+        try:
+            tokens, lengths = greedy(
+                self.actor, torch.as_tensor(src, device=self.device), torch.as_tensor(src_len, device=self.device),
+                max_len=torch.as_tensor(caps + 1, device=self.device), banned=self.banned,
+            )  # decoder steps = tokens + the (possibly forced) eos
+        finally:
+            self.actor.train(was_training)
+        rewards = token_rewards(tokens, lengths, [e.ref for e in episodes], int(tokens.size(1)) + 1, cfg.smooth, cfg.scale)
+        return rewards.sum(1).cpu().numpy()
 
     def _wave(self, w: int) -> list[Episode]:
         """Start episodes in rows 0..w-1 and step only the unfinished ones until all end."""
@@ -308,7 +346,7 @@ def _widen(enc: EncoderOut, width: int) -> EncoderOut:
 
 COLUMNS = (
     "src", "src_len", "ref", "ref_len", "tgt_in", "actions", "rewards", "behaviour_logp",
-    "lengths", "capped", "version", "ref_in", "ref_out",
+    "lengths", "capped", "version", "ref_in", "ref_out", "greedy_reward",
 )
 """The columns :func:`collate` produces (one row per episode)."""
 
@@ -321,7 +359,8 @@ def collate(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
     * ``actions [N, T]`` = ``y_1 … y_L <eos>`` (the eos of a capped episode is not a step);
     * ``rewards``, ``behaviour_logp`` ``[N, T]`` float32 (0 after the last step);
     * ``lengths [N]`` (L), ``capped [N]`` bool, ``version [N]``;
-    * ``ref_in [N, R + 1]`` = ``<bos> y*``, ``ref_out [N, R + 1]`` = ``y* <eos>`` for the MLE term.
+    * ``ref_in [N, R + 1]`` = ``<bos> y*``, ``ref_out [N, R + 1]`` = ``y* <eos>`` for the MLE term;
+    * ``greedy_reward [N]`` float32: ``Episode.greedy_reward`` (SCST's baseline), NaN where None.
     """
     if not episodes:
         raise ValueError("collate: no episodes.")
@@ -331,7 +370,7 @@ def collate(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
     ref_len = np.array([len(e.ref) for e in episodes], dtype=np.int64)
     t, s, r = int(lengths.max()) + 1, int(src_len.max()), int(ref_len.max())
     out = {
-        "src": np.full((n, s), PAD, dtype=np.int64),
+        "src": np.full((n, s), PAD, dtype=episodes[0].src.dtype),  # float32 image features for captioning
         "src_len": src_len,
         "ref": np.full((n, r), PAD, dtype=np.int64),
         "ref_len": ref_len,
@@ -344,6 +383,7 @@ def collate(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
         "version": np.array([e.version for e in episodes], dtype=np.int64),
         "ref_in": np.full((n, r + 1), PAD, dtype=np.int64),
         "ref_out": np.full((n, r + 1), PAD, dtype=np.int64),
+        "greedy_reward": np.array([np.nan if e.greedy_reward is None else e.greedy_reward for e in episodes], dtype=np.float32),
     }
     for i, e in enumerate(episodes):
         L, S, R = e.length, len(e.src), len(e.ref)

@@ -43,6 +43,11 @@ def validate(model: Seq2Seq, task: Task, cfg: RunConfig, split: str = "valid") -
     n = len(corpus) if cfg.valid_max_sentences is None or split != "valid" else min(cfg.valid_max_sentences, len(corpus))
     model.eval()
     hyps = translate_ids(model, corpus.src[:n], beam=cfg.valid_beam, max_len=cfg.max_decode_len, desc=f"{split} BLEU")
+    if hasattr(corpus, "refs"):  # captioning: multi-reference BLEU-4 as coco-caption computes it
+        from rayseq.evaluation_coco import coco_bleu
+
+        itos = task.tgt_vocab.itos
+        return float(coco_bleu([[itos[t] for t in h] for h in hyps], corpus.refs[:n])["bleu_4"])
     return float(corpus_bleu_ids(hyps, [[r] for r in corpus.tgt[:n]])["bleu"])
 
 
@@ -52,20 +57,21 @@ def _build_algorithm(cfg: RunConfig, task: Task):
 
     from envs.pairs import PairData
     from envs.seqpred import SeqPredConfig, observation_space
-    from rayseq.runtime.actor_module import ActorRLModule
-
     entry = get_algorithm(cfg.algo)
     train = task.split("train")
     pairs = PairData(train.src, train.tgt, len(task.src_vocab), len(task.tgt_vocab), name=f"{cfg.task}/train")
     model_config = asdict(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
     algo_cls = entry.algorithm_cls()
+    default_cfg = algo_cls.get_default_config()
+    module_class = default_cfg.get_default_rl_module_spec().module_class  # ActorRLModule, VAMLRLModule
+    model_config.update(default_cfg.module_extras(cfg.algo_config))
     rl_cfg = (
-        algo_cls.get_default_config()
+        default_cfg
         .environment(
             observation_space=observation_space(pairs, SeqPredConfig()),
             action_space=spaces.Discrete(len(task.tgt_vocab)),
         )
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=ActorRLModule, model_config=model_config))
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=module_class, model_config=model_config))
         .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner())
         .debugging(seed=cfg.seed)
     )
@@ -111,13 +117,17 @@ def _restore_checkpoint(algo: Any, run_dir: Path) -> dict[str, Any]:
 
 def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) training as configured; returns the contents of ``results.json``."""
-    from rayseq.registry import ACTOR_CRITIC
+    from rayseq.registry import ACTOR_CRITIC, SWAPIN
     from rayseq.runtime.session import init_ray
 
     if get_algorithm(cfg.algo).kind == ACTOR_CRITIC:
         from rayseq.train_ac import train_actor_critic
 
         return train_actor_critic(cfg, resume=resume, address=address)
+    if get_algorithm(cfg.algo).kind == SWAPIN:
+        from rayseq.train_swapin import train_swapin
+
+        return train_swapin(cfg, resume=resume, address=address)
 
     t_start = time.monotonic()
     run_dir = prepare_run_dir(cfg.out, to_dict(cfg), resume)
@@ -136,7 +146,15 @@ def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> d
         best_epoch = state.get("best_epoch")
         writer = MetricsWriter(run_dir, resume_from_step=step if resume else None)
         meta = {"algo": cfg.algo, "task": cfg.task, "run_dir": str(run_dir)}
+        extra: dict[str, Any] = {}  # stage summaries kept in every checkpoint (VAML's Q-net)
         try:
+            if hasattr(algo, "train_qnet"):  # VAML step 1, before the actor epochs
+                from rayseq.train_vaml import qnet_stage
+
+                extra["qnet"] = qnet_stage(
+                    algo, cfg, task, run_dir, writer, state, lambda st: _save_checkpoint(algo, run_dir, {**st, "schedule": schedule.state_dict()})
+                )
+                step = int(algo.num_updates)
             while epoch < cfg.epochs and not schedule.should_stop:
                 t0 = time.perf_counter()
                 result = algo.train()
@@ -168,7 +186,7 @@ def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> d
                         EPOCH_TIME_S: time.perf_counter() - t0,
                     },
                 )
-                _save_checkpoint(algo, run_dir, {"epoch": epoch, "step": step, "schedule": schedule.state_dict(), "best_epoch": best_epoch})
+                _save_checkpoint(algo, run_dir, {"epoch": epoch, "step": step, "schedule": schedule.state_dict(), "best_epoch": best_epoch, **extra})
                 plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
                 print(
                     f"epoch {epoch}: valid BLEU {bleu:.2f} (best {schedule.best:.2f}, epoch {best_epoch}), lr {schedule.lr:g}",
@@ -189,6 +207,7 @@ def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> d
             "best_epoch": best_epoch,
             BLEU_VALID: schedule.best,
             "test": test,
+            **extra,
             "wall_time_s": time.monotonic() - t_start,
         }
         write_results(run_dir, results)

@@ -17,6 +17,7 @@ continues the current one. The test BLEU of the best actor is printed next to th
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -108,14 +109,15 @@ def _build_ac_algorithm(cfg: RunConfig, task: Task):
 
     from envs.pairs import PairData
     from envs.seqpred import SeqPredConfig, observation_space
-    from rayseq.runtime.ac_learner import ActorCriticRLModule
+    from rayseq.runtime.ac_learner import ActorCriticRLModule, module_heads, needs_greedy_decode
 
     entry = get_algorithm(cfg.algo)
     train_split = task.split("train")
     pairs = PairData(train_split.src, train_split.tgt, len(task.src_vocab), len(task.tgt_vocab), name=f"{cfg.task}/train")
     ac = cfg.algo_config
-    model_config = asdict(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
-    env_config = {"task": cfg.task, "data_dir": cfg.data_dir, "len_slack": ac.sample_len_slack, "max_len": ac.max_sample_len}
+    model_config = {**asdict(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab))), "heads": module_heads(entry.objective)}
+    env_config = {"task": cfg.task, "data_dir": cfg.data_dir, "len_slack": ac.sample_len_slack, "max_len": ac.max_sample_len,
+                  "greedy_baseline": needs_greedy_decode(entry.objective)}
     workers = cfg.num_rollout_workers
     rl_cfg = (
         entry.algorithm_cls()
@@ -132,15 +134,20 @@ def _build_ac_algorithm(cfg: RunConfig, task: Task):
             num_cpus_per_env_runner=1,
             create_local_env_runner=workers == 0,
         )
+        # a lost rollout worker (crash, spot reclaim) is restarted by Ray and re-synced before the next
+        # request; the sync schedule re-samples its share meanwhile (ActorCriticAlgorithm._sample_sync)
+        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=1000,
+                         env_runner_health_probe_timeout_s=30.0)
         .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner())
         # critic pretraining gives the actor no gradient: DDP (num_learners > 1) must allow that
         .framework(torch_ddp_kwargs={"find_unused_parameters": True})
         .debugging(seed=cfg.seed)
     )
-    rl_cfg.objective_config = asdict(ac)
+    rl_cfg.objective_config, rl_cfg.algo_name = asdict(ac), cfg.algo
     rl_cfg.task, rl_cfg.data_dir, rl_cfg.seed, rl_cfg.log_every = cfg.task, cfg.data_dir, cfg.seed, cfg.log_every
     rl_cfg.schedule, rl_cfg.replay_capacity, rl_cfg.replay_ratio = ac.schedule, ac.replay_capacity, ac.replay_ratio
     rl_cfg.weights_sync_every = ac.weights_sync_every
+    rl_cfg.replay_key = "rayseq:replay:" + hashlib.sha1(str(Path(cfg.out).resolve()).encode()).hexdigest()[:16]
     rl_cfg.show_progress = sys.stderr.isatty()
     return rl_cfg.build_algo()
 

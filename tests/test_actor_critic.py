@@ -22,7 +22,8 @@ from rayseq.models.seq2seq import Seq2SeqConfig
 from rayseq.registry import ACTOR_CRITIC, ALGORITHMS, get_algorithm
 from rayseq.rollout import RolloutSampler, collate
 
-AC_ALGOS = sorted(a for a, e in ALGORITHMS.items() if e.kind == ACTOR_CRITIC)
+AC_ALGOS = sorted(a for a, e in ALGORITHMS.items() if e.kind == ACTOR_CRITIC and issubclass(e.config_cls, ERACConfig))
+"""Actor-critic algorithms with a critic (SCST / MIXER: tests/test_reinforce.py)."""
 
 
 def _module_and_batch(seed: int = 0):

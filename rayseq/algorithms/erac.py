@@ -112,6 +112,9 @@ class ERACConfig:
     """Episodes kept in the replay buffer; None = one batch (on-policy)."""
     replay_ratio: float = 1.0
     """Episodes trained on per episode sampled (the updates-per-sample ratio; async schedule)."""
+    replay_backend: str = "memory"
+    """Where the replay buffer lives: ``memory`` (in the driver), ``redis`` (URL from $RAYSEQ_REDIS_URL,
+    password from $RAYSEQ_REDIS_PASSWORD; durable, shared between jobs) or a ``redis://HOST:PORT/DB`` URL."""
     weights_sync_every: int = 1
     """Push the actor's weights to the rollout workers every this many updates."""
     actor_lr_decay: float = 0.9
@@ -181,6 +184,8 @@ class ERACConfig:
             raise ValueError(f"ERACConfig.schedule = {self.schedule!r}: use 'sync' or 'async'.")
         if not (math.isfinite(self.replay_ratio) and self.replay_ratio > 0):
             raise ValueError(f"ERACConfig.replay_ratio = {self.replay_ratio}: must be > 0.")
+        if not (self.replay_backend in ("memory", "redis") or self.replay_backend.startswith(("redis://", "rediss://", "unix://"))):
+            raise ValueError(f"ERACConfig.replay_backend = {self.replay_backend!r}: use 'memory', 'redis' or a redis:// URL.")
         if self.replay_capacity is not None and self.replay_capacity < 1:
             raise ValueError(f"ERACConfig.replay_capacity = {self.replay_capacity}: must be >= 1 (episodes) or none.")
         for name, low in (

@@ -7,7 +7,7 @@ Plain numpy: the runtime ships these arrays to the learners.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,10 @@ import torch
 from rayseq.algorithms.raml import RAMLConfig, draw_raml_samples, raml_weights, sample_bleus
 from rayseq.data.batching import pad_batch
 from rayseq.models.base import BOS, EOS, PAD
+
+if TYPE_CHECKING:
+    from rayseq.algorithms.vaml import VAMLConfig
+    from rayseq.rollout import Episode
 
 
 def _rows(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray], weight: np.ndarray) -> dict[str, np.ndarray]:
@@ -50,3 +54,50 @@ def raml_rows(
     rows_src = [s for s in src for _ in range(k)]
     rows_tgt = [y for per_pair in samples for y in per_pair]
     return _rows(rows_src, rows_tgt, weights.reshape(-1).numpy())
+
+
+# ----------------------------------------------------------------------------- VAML
+
+
+def qnet_episodes(
+    src: Sequence[np.ndarray],
+    tgt: Sequence[np.ndarray],
+    cfg: "VAMLConfig",
+    vocab_size: int,
+    rng: np.random.Generator,
+) -> list["Episode"]:
+    """VAML step 1's trajectories as episodes: each reference and its ``cfg.num_corruptions``
+    corrupted copies (``corrupt_references``), with the env's rewards (BLEU increments × |y*|,
+    ``envs.rewards``; the eos step earns 0). Never capped: a trajectory ends with its eos action."""
+    from envs.rewards import prefix_bleu_batch, reward_scale
+    from rayseq.algorithms.vaml import corrupt_references
+    from rayseq.rollout import Episode
+
+    trajs = [
+        (i, y) for i, ref in enumerate(tgt)
+        for y in corrupt_references(np.asarray(ref), vocab_size, cfg.num_corruptions, cfg.corrupt_prob, rng, cfg.n_specials)
+    ]
+    refs = [np.asarray(tgt[i], dtype=np.int64) for i, _ in trajs]
+    bleus = prefix_bleu_batch([y for _, y in trajs], refs, smooth=cfg.bleu_smooth)
+    out = []
+    for (i, y), ref, b in zip(trajs, refs, bleus):
+        rewards = np.zeros(len(y) + 1, dtype=np.float32)
+        rewards[: len(y)] = np.diff(b, prepend=0.0) * reward_scale(len(y), ref)
+        out.append(Episode(np.asarray(src[i]), ref, y, rewards, np.zeros(len(y) + 1, dtype=np.float32), False, 0, i))
+    return out
+
+
+def vaml_actor_rows(
+    src: Sequence[np.ndarray],
+    tgt: Sequence[np.ndarray],
+    cfg: "VAMLConfig",
+    vocab_size: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """VAML step 2's rows: RAML's K rows per pair (``raml_rows``) plus each row's reference
+    ``ref [N, R]``, ``ref_len [N]`` for the Q-net's targets P_Qφ (Eq. 17)."""
+    rows = raml_rows(src, tgt, cfg.raml_config(), vocab_size, rng)
+    k = cfg.raml_config().samples_per_source
+    ref, ref_len = pad_batch([np.asarray(y) for y in tgt for _ in range(k)], pad=PAD)  # [N, R], [N]
+    rows.update(ref=ref, ref_len=ref_len)
+    return rows

@@ -66,6 +66,7 @@ from rayseq.algorithms.erac import (
     step_masks,
     token_rewards,
 )
+from rayseq.algorithms.vaml import corrupt_references, soft_max_value, soft_q_loss, soft_q_target
 from rayseq.decoding import sample, teacher_forcing_io
 from rayseq.models.base import BOS, EOS, PAD, UNK
 from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
@@ -113,6 +114,17 @@ class OracleBenchConfig:
     """Decoder LSTM size of actor and critic (the BiLSTM encoder has hidden / 2 per direction)."""
     actor_init_range: float = 0.3
     """U(−r, r) initialisation of the actor (0.1 in the paper; larger gives a less uniform π_θ)."""
+    vaml_steps: int = 600
+    """Phase 3: VAML Q-net updates (soft Q-learning, Eq. 16)."""
+    vaml_lr: float = 1e-2
+    """Adam learning rate of the VAML Q-net (cosine-decayed)."""
+    vaml_corruptions: int = 31
+    """Corrupted references per update (each token replaced w.p. ``vaml_corrupt_prob``), + y* itself."""
+    vaml_corrupt_prob: float = 0.2
+    """VAML's corruption probability (official 0.2)."""
+    vaml_explore: int = 32
+    """Trajectories per update from a uniform behaviour policy (soft Q-learning is off-policy; the
+    corrupted references alone never take ``<eos>`` early, so Q(s, eos) would stay unfitted)."""
     seed: int = 0
     """Seeds the initialisation and the sampling."""
     num_threads: int | None = 1
@@ -279,6 +291,43 @@ class Bench:
         polyak_update(self.target, self.critic, self.cfg.beta)
         return float(out.td.detach())
 
+    def vaml_batch(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """VAML step 1's trajectories: y*, ``vaml_corruptions`` corrupted copies of it (truncated to
+        the horizon), and ``vaml_explore`` sequences of a uniform policy over ``mdp.actions``."""
+        cfg, mdp = self.cfg, self.mdp
+        vocab = 4 + cfg.num_symbols
+        seqs = [tuple(y[: mdp.max_len].tolist()) for y in corrupt_references(
+            np.array(mdp.ref), vocab, cfg.vaml_corruptions, cfg.vaml_corrupt_prob, rng, n_specials=4)]
+        for _ in range(cfg.vaml_explore):
+            seq: list[int] = []
+            while len(seq) < mdp.max_len:
+                a = int(mdp.actions[rng.integers(len(mdp.actions))])
+                if a == EOS:
+                    break
+                seq.append(a)
+            seqs.append(tuple(seq))
+        lengths = torch.tensor([len(y) for y in seqs])
+        tokens = torch.full((len(seqs), max(1, int(lengths.max()))), PAD, dtype=torch.long)
+        for i, y in enumerate(seqs):
+            tokens[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+        tgt_in, tgt_out = teacher_forcing_io(tokens, lengths)
+        width = tgt_in.size(1)
+        mask, done = step_masks(lengths, lengths >= mdp.max_len, width)  # a prefix of length T is terminal
+        rewards = token_rewards(tokens, lengths, [mdp.ref] * len(seqs), width, cfg.smooth, cfg.scale)
+        return {"tgt_in": tgt_in, "tgt_out": tgt_out, "mask": mask, "done": done, "rewards": rewards}
+
+    def vaml_update(self, qnet: Critic, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> float:
+        """One step of soft Q-learning, Eq. (16) with V of Eq. (10), the gradient through Q and V."""
+        q_all = self.q_values(qnet, batch["tgt_in"])  # [N, T, V]
+        values = soft_max_value(q_all, self.cfg.tau, EXCLUDE)  # Eq. (10), [N, T]
+        target = soft_q_target(batch["rewards"], values, batch["done"], batch["mask"])
+        out = soft_q_loss(gather_actions(q_all, batch["tgt_out"]), target, batch["mask"])
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(qnet.parameters(), self.cfg.grad_clip)
+        opt.step()
+        return float(out.loss.detach())
+
     def actor_update(self, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> float:
         """One step of Eq. (20), λ_mle = 0, no L2 normalisation of log π, Q from the critic."""
         tgt_in = batch["tgt_in"]
@@ -379,6 +428,25 @@ def _run(cfg: OracleBenchConfig) -> dict:
     pi_1 = b.actor_policy()
     q_pi1 = soft_q_policy(mdp, cfg.tau, lambda s: pi_1[s])
     root: Prefix = ()
+
+    # Phase 3: VAML's Q-net (a fresh critic network) learns Q_R = Q* by soft Q-learning.
+    vocab = 4 + cfg.num_symbols
+    torch.manual_seed(cfg.seed + 3)
+    qnet = Critic(CriticConfig(vocab_size=vocab, emb_dim=cfg.emb_dim, enc_hidden=cfg.hidden // 2, dec_hidden=cfg.hidden))
+    rng = np.random.default_rng(cfg.seed + 3)
+    opt_q, sched_q = _adam(qnet.parameters(), cfg.vaml_lr, (0.9, 0.999), cfg.vaml_steps)
+    t_vaml = time.perf_counter()
+    bar = tqdm(range(cfg.vaml_steps), desc="oracle: VAML Q-net", unit="step", file=sys.stderr,
+               disable=not cfg.progress, leave=False)
+    for step in bar:
+        loss = b.vaml_update(qnet, b.vaml_batch(rng), opt_q)
+        sched_q.step()
+        if step % 50 == 0:
+            bar.set_postfix(td=f"{loss:.2e}")
+    bar.close()
+    with torch.no_grad():
+        q_phi = b._at_states(b.q_values(qnet, b.state_in))
+    p_qphi = {s: boltzmann_policy(q, cfg.tau) for s, q in q_phi.items()}
     return {
         "critic_q_rmse": critic_rmse,
         "critic_q_rmse_rel": critic_rmse / q_scale,
@@ -393,6 +461,13 @@ def _run(cfg: OracleBenchConfig) -> dict:
         "soft_value_optimal": float(soft_v(q_star[root], cfg.tau)),
         "soft_value_before": soft_v_policy(q_pi0[root], pi_0[root], cfg.tau),
         "soft_value_after": soft_v_policy(q_pi1[root], pi_1[root], cfg.tau),
+        "vaml_q_rmse": table_rmse(q_phi, q_star),
+        "vaml_q_rmse_rel": table_rmse(q_phi, q_star) / float(max(np.abs(q).max() for q in q_star.values())),
+        "vaml_kl": _mean_kl(pi_star, p_qphi),
+        "vaml_kl_visited": _mean_kl(pi_star, p_qphi, reach_star),
+        "vaml_kl_states": "KL(P_QR ‖ P_Qφ), P = softmax(Q/τ) over the actions, mean over all non-terminal states",
+        "vaml_steps": cfg.vaml_steps,
+        "vaml_wall_s": time.perf_counter() - t_vaml,
         "reward_max_abs_err": reward_err,
         "q_scale": q_scale,
         "num_states": len(b.states),

@@ -44,6 +44,7 @@ from rayseq.data.atomic import atomic_write_lines
 from rayseq.commands.translate import check_decode_args, translate_ids
 from rayseq.data.corpus import read_lines
 from rayseq.data.errors import DataError
+from rayseq.data.coco import CaptionTaskSpec
 from rayseq.data.tasks import TASKS, load_task
 from rayseq.evaluation import corpus_bleu_ids, ids_to_text, sacrebleu_corpus
 from rayseq.models.base import UNK
@@ -113,6 +114,10 @@ def evaluate(
     check_decode_args(beam, batch_size, max_len, length_penalty)
     if hyp_out is not None and not Path(hyp_out).parent.is_dir():
         raise DataError(f"--hyp-out {os.fspath(hyp_out)}: folder {Path(hyp_out).parent} does not exist; create it first.")
+    if src_file is None and isinstance(TASKS.get(read_run_info(run_dir).task), CaptionTaskSpec):
+        from rayseq.evaluation_coco import evaluate_captions  # BLEU-1..4 + CIDEr-D, multi-reference
+
+        return evaluate_captions(run_dir, split, beam, max_len, batch_size, hyp_out, which, length_penalty, progress, data_dir, device)
     actor_path = resolve_actor(run_dir, which)
 
     if src_file is not None:
@@ -204,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{what}: {result['sentences']} sentences, beam {result['beam']}, actor {result['actor']}")
     print(f"  BLEU (token ids, paper) {result['bleu']:.2f}")
     print(f"  sacreBLEU               {result['sacrebleu']:.2f}  {result['sacrebleu_signature']}")
+    if "cider_d" in result:  # captioning
+        print(f"  CIDEr-D                 {result['cider_d']:.3f}  (image features: {result['features']})")
     print(f"  decoding {result['seconds']:.1f} s, {result['decode_tokens_per_s']:.0f} tokens/s")
     if result["hyp_out"]:
         print(f"  hypotheses -> {result['hyp_out']}")

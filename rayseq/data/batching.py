@@ -68,13 +68,15 @@ def pad_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad ``seqs`` into one array, optionally wrapping each in bos/eos.
 
-    Returns ``(tokens [B, T] int64, lengths [B] int64)``; lengths count bos/eos.
+    Returns ``(tokens [B, T] int64, lengths [B] int64)``; lengths count bos/eos. Float
+    sequences (image features) stay float32: ``[B, D]``.
     """
     if len(seqs) == 0:
         raise DataError("pad_batch got no sequences; a batch needs at least one.")
     extra = (bos is not None) + (eos is not None)
     lengths = np.array([len(s) + extra for s in seqs], dtype=np.int64)  # [B]
-    out = np.full((len(seqs), int(lengths.max())), pad, dtype=np.int64)  # [B, T]
+    dtype = np.float32 if np.issubdtype(np.asarray(seqs[0]).dtype, np.floating) else np.int64
+    out = np.full((len(seqs), int(lengths.max())), pad, dtype=dtype)  # [B, T]
     off = 1 if bos is not None else 0
     if bos is not None:
         out[:, 0] = bos

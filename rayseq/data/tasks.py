@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rayseq.data.coco import COCO, CaptionTask, CaptionTaskSpec, load_caption_task
+from rayseq.data.coco import clear_cache as _clear_caption_cache
 from rayseq.data.corpus import ParallelCorpus, load_parallel, read_parallel_text
 from rayseq.data.errors import DataError
 from rayseq.data.vocab import Vocab
@@ -102,10 +104,11 @@ TOY = TaskSpec(
     prepare_hint="These files ship with rayseq (regenerate with `python -m rayseq.data.toy`).",
 )
 
-TASKS: dict[str, TaskSpec] = {
+TASKS: dict[str, TaskSpec | CaptionTaskSpec] = {
     MULTI30K.name: MULTI30K,
     IWSLT14.name: IWSLT14,
     TOY.name: TOY,
+    COCO.name: COCO,  # image captioning (rayseq/data/coco.py)
 }
 
 
@@ -145,7 +148,7 @@ class Task:
         self.__dict__.update(state, _lock=threading.Lock())
 
 
-def load_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> Task:
+def load_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> Task | CaptionTask:
     """The registered task ``name``, reading files from ``data_dir`` where needed.
 
     Shipped tasks read the package's copy unless ``data_dir`` is given; other tasks
@@ -155,12 +158,15 @@ def load_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> Task
     """
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}.")
+    if isinstance(TASKS[name], CaptionTaskSpec):
+        return load_caption_task(TASKS[name], data_dir)
     return _load_task_cached(name, _resolve_data_dir(TASKS[name], data_dir))
 
 
 def clear_task_cache() -> None:
     """Forget every cached Task (e.g. after the files on disk changed)."""
     _load_task_cached.cache_clear()
+    _clear_caption_cache()
 
 
 @functools.lru_cache(maxsize=None)

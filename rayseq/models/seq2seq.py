@@ -47,12 +47,29 @@ class Seq2SeqConfig:
     att_out_bias: bool = False
     """Bias in ``att_out = tanh(W[h_dec; ctx] + b)``. The official code has one only for its
     MLP-attention critic; the actor has none."""
+    src_feature_dim: int = 0
+    """Source kind. 0: token ids from a vocabulary of ``src_vocab_size``. D > 0: one float feature
+    vector ``[D]`` per source (an image feature, captioning); ``src_vocab_size`` is then 0 and
+    ``Seq2Seq(cfg)`` builds the NIC decoder (:class:`rayseq.models.nic.NIC`) instead."""
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "emb_dim", "enc_hidden", "dec_hidden"):
+        features = isinstance(self.src_feature_dim, int) and self.src_feature_dim > 0
+        if not isinstance(self.src_feature_dim, int) or self.src_feature_dim < 0:
+            raise ValueError(f"Seq2SeqConfig.src_feature_dim={self.src_feature_dim!r}: must be an int >= 0 (0 = token sources).")
+        if features and self.src_vocab_size != 0:
+            raise ValueError(
+                f"Seq2SeqConfig: src_feature_dim={self.src_feature_dim} (feature sources) needs "
+                f"src_vocab_size=0, got {self.src_vocab_size!r}."
+            )
+        if features and self.input_feeding:
+            raise ValueError("Seq2SeqConfig: input_feeding needs attention; the NIC captioning decoder (src_feature_dim > 0) has none.")
+        sizes = ("tgt_vocab_size", "emb_dim", "enc_hidden", "dec_hidden") if features else (
+            "src_vocab_size", "tgt_vocab_size", "emb_dim", "enc_hidden", "dec_hidden")
+        for name in sizes:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Seq2SeqConfig.{name}={value!r}: must be a positive int.")
+                hint = " (0 only for feature sources: set src_feature_dim)" if name == "src_vocab_size" else ""
+                raise ValueError(f"Seq2SeqConfig.{name}={value!r}: must be a positive int{hint}.")
         if self.dec_hidden != 2 * self.enc_hidden:
             raise ValueError(
                 f"Seq2SeqConfig: dec_hidden={self.dec_hidden} must equal 2 * enc_hidden "
@@ -185,6 +202,15 @@ class Seq2Seq(nn.Module):
     ``<bos>``/``<eos>``; the decoder reads ``<bos>`` first. Logits are raw: masking of tokens
     that must never be produced is the decoder's job (``rayseq.decoding.mask_logits``).
     """
+
+    def __new__(cls, cfg: Seq2SeqConfig | None = None, *args: object, **kwargs: object) -> nn.Module:
+        """``Seq2Seq(cfg)`` is the actor ``cfg`` describes: :class:`rayseq.models.nic.NIC` for
+        feature sources (``cfg.src_feature_dim > 0``), so every consumer builds it the same way."""
+        if cls is Seq2Seq and cfg is not None and cfg.src_feature_dim > 0:
+            from rayseq.models.nic import NIC
+
+            return NIC(cfg)
+        return super().__new__(cls)
 
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()

@@ -14,9 +14,17 @@ Adam optimisers, and the Polyak step φ̄ ← (1 − β)φ̄ + βφ after every 
 
 Stages (``set_stage``): ``"critic"`` trains the critic against the frozen actor (no actor
 gradient, no MLE pass); ``"joint"`` trains both.
+
+The same module and learner run the sequence-level REINFORCE baselines of
+``rayseq.algorithms.reinforce`` (the learner branches by objective; the module's ``heads``
+say which networks exist besides the actor): SCST has no other network (its baseline is the
+greedy decode's reward, which the rollout workers add to each episode), MIXER a linear baseline
+b_t on the actor decoder's detached state (its "critic" stage is baseline pretraining). See
+:func:`packed_reinforce_losses`.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -35,40 +43,74 @@ from rayseq.algorithms.erac import (
     soft_value,
     step_masks,
 )
+from rayseq.algorithms.mle import sequence_nll
+from rayseq.algorithms.reinforce import baseline_mse, reinforce_baseline_loss, returns_to_go, scst_loss
 from rayseq.metrics import (
     ENTROPY,
     LOSS_ACTOR,
     LOSS_ACTOR_OBJECTIVE,
+    LOSS_BASELINE,
     LOSS_CRITIC_TD,
     LOSS_CRITIC_VAR,
     LOSS_MLE,
     Q_TAKEN,
+    REWARD_BASELINE,
 )
 from rayseq.models.base import PAD
 from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from rayseq.registry import get_algorithm
 from rayseq.runtime.actor_module import ActorRLModule
 
 STAGES = ("critic", "joint")
 ACTOR_LOGITS, MLE_LOGITS, Q, Q_TARGET = "actor_logits", "mle_logits", "q", "q_target"
 STEP_MASK, STEP_DONE, MLE_TARGETS = "step_mask", "step_done", "mle_targets"
+BASELINE = "baseline"
+
+CRITIC_HEADS, BASELINE_HEAD, NO_HEADS = "critic", "baseline", "none"
+_OBJECTIVE_HEADS = {"scst": NO_HEADS, "mixer": BASELINE_HEAD}
+"""Objective → the networks trained besides the actor (``model_config["heads"]``); every other
+objective (AC, ERAC): the critic and its target."""
+
+
+def module_heads(objective: str) -> str:
+    """The ``heads`` of ``ActorCriticRLModule`` an objective needs."""
+    return _OBJECTIVE_HEADS.get(objective, CRITIC_HEADS)
+
+
+def needs_greedy_decode(objective: str) -> bool:
+    """SCST's baseline is the greedy decode's reward: the rollout workers must decode it."""
+    return objective == "scst"
+
+
+def typed_objective(config: Any) -> tuple[str, Any]:
+    """``(objective, typed algorithm config)`` of an ``ActorCriticConfig``: the registry entry of
+    its ``algo_name`` built from its ``objective_config`` dict."""
+    entry = get_algorithm(getattr(config, "algo_name", "erac"))
+    return entry.objective, entry.config_cls(**config.objective_config)
 
 
 class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
     """actor + critic + target critic; ``model_config`` = actor ``Seq2SeqConfig`` fields plus
-    ``critic`` (a dict of ``CriticConfig`` overrides)."""
+    ``critic`` (a dict of ``CriticConfig`` overrides) and ``heads`` (``"critic"``, the default;
+    ``"baseline"``: a linear b_t instead, MIXER; ``"none"``: the actor alone, SCST)."""
 
     def setup(self) -> None:
         cfg = dict(self.model_config)
         critic_overrides = cfg.pop("critic", None) or {}
+        self.heads = cfg.pop("heads", CRITIC_HEADS)
+        if self.heads not in (CRITIC_HEADS, BASELINE_HEAD, NO_HEADS):
+            raise ValueError(f"ActorCriticRLModule: heads={self.heads!r}; use {CRITIC_HEADS!r}, {BASELINE_HEAD!r} or {NO_HEADS!r}.")
         self.actor = Seq2Seq(Seq2SeqConfig(**cfg))
         self.stage = "joint"
-        if not self.inference_only:
+        if not self.inference_only and self.heads == CRITIC_HEADS:
             self.critic = Critic(CriticConfig.like_actor(self.actor.cfg, **critic_overrides))
             self.target_critic = make_target(self.critic)
+        elif not self.inference_only and self.heads == BASELINE_HEAD:
+            self.baseline = torch.nn.Linear(self.actor.cfg.dec_hidden, 1)  # b_t = w·h_t + c
 
     def get_non_inference_attributes(self) -> list[str]:
-        return ["critic", "target_critic"]
+        return {CRITIC_HEADS: ["critic", "target_critic"], BASELINE_HEAD: [BASELINE], NO_HEADS: []}[self.heads]
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """One teacher-forced pass per network, the output layers applied to the real steps only.
@@ -80,6 +122,8 @@ class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
         tgt_in, ref, ref_len = batch["tgt_in"], batch["ref"], batch["ref_len"]
         mask, done = step_masks(batch["lengths"], batch["capped"], tgt_in.size(1))  # [N, T]
         out: dict[str, Any] = {STEP_MASK: mask, STEP_DONE: done}
+        if self.heads != CRITIC_HEADS:
+            return self._forward_reinforce(batch, out, mask)
         if self.stage == "critic":
             with torch.no_grad():
                 out[ACTOR_LOGITS] = self.actor.out(self.actor.decode_hidden(self.actor.encode(batch["src"], batch["src_len"]), tgt_in)[mask])
@@ -94,6 +138,22 @@ class ActorCriticRLModule(ActorRLModule, InferenceOnlyAPI):
             out[Q_TARGET] = self.target_critic.q_head(self.target_critic.hidden(ref, ref_len, tgt_in)[mask])
         return out
 
+    def _forward_reinforce(self, batch: dict[str, Any], out: dict[str, Any], mask: torch.Tensor) -> dict[str, Any]:
+        """SCST / MIXER: the actor's logits ``[K, V]`` at the K steps and (joint stage) at the
+        reference; MIXER's b(s_t) ``[K]`` on the decoder state, detached (b trains no actor weight)."""
+        joint = self.stage == "joint"
+        with contextlib.nullcontext() if joint else torch.no_grad():  # baseline pretraining: actor frozen
+            enc = self.actor.encode(batch["src"], batch["src_len"])
+            hidden = self.actor.decode_hidden(enc, batch["tgt_in"])[mask]  # [K, Hd]
+            out[ACTOR_LOGITS] = self.actor.out(hidden)  # [K, V]
+            if joint:
+                ref_mask = batch["ref_out"].ne(PAD)  # [N, R + 1]
+                out[MLE_LOGITS] = self.actor.out(self.actor.decode_hidden(enc, batch["ref_in"])[ref_mask])  # [K*, V]
+                out[MLE_TARGETS] = batch["ref_out"][ref_mask]  # [K*]
+        if self.heads == BASELINE_HEAD:
+            out[BASELINE] = self.baseline(hidden.detach()).squeeze(-1)  # [K]
+        return out
+
 
 class ActorCriticLearner(TorchLearner):
     """Critic + actor updates of AC / ERAC; the algorithm config is ``config.objective_config``."""
@@ -101,7 +161,8 @@ class ActorCriticLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
         super().build()
-        self.erac = ERACConfig(**self.config.objective_config)
+        self.objective, self.erac = typed_objective(self.config)
+        """The registry objective and its typed config (``ERACConfig``, ``SCSTConfig``, …)."""
 
     def _ac(self, module_id) -> ActorCriticRLModule:
         module = self.module[module_id]
@@ -109,7 +170,7 @@ class ActorCriticLearner(TorchLearner):
 
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
-        erac = ERACConfig(**config.objective_config)
+        _, erac = typed_objective(config)
         module = self._ac(module_id)
         self.register_optimizer(
             module_id=module_id,
@@ -118,6 +179,16 @@ class ActorCriticLearner(TorchLearner):
             params=list(module.actor.parameters()),
             lr_or_lr_schedule=None,
         )
+        if module.heads == BASELINE_HEAD:  # MIXER: one lr for pretraining and training
+            self.register_optimizer(
+                module_id=module_id,
+                optimizer_name=BASELINE,
+                optimizer=torch.optim.Adam(module.baseline.parameters(), lr=erac.baseline_lr, betas=erac.adam_betas),
+                params=list(module.baseline.parameters()),
+                lr_or_lr_schedule=None,
+            )
+        if module.heads != CRITIC_HEADS:
+            return
         self.register_optimizer(
             module_id=module_id,
             optimizer_name="critic",
@@ -135,7 +206,12 @@ class ActorCriticLearner(TorchLearner):
         if stage not in STAGES:
             raise ValueError(f"set_stage: stage={stage!r}; use one of {STAGES}.")
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
-            self._ac(module_id).stage = stage
+            module = self._ac(module_id)
+            if stage == "critic" and module.heads == NO_HEADS:
+                raise ValueError(f"set_stage: objective {self.objective!r} trains no network besides the actor; it has no 'critic' stage.")
+            module.stage = stage
+            if module.heads != CRITIC_HEADS:
+                continue
             critic_opt = self.get_optimizer(module_id, "critic")
             lr, betas = (
                 (self.erac.critic_pretrain_lr, self.erac.critic_pretrain_adam_betas)
@@ -160,7 +236,11 @@ class ActorCriticLearner(TorchLearner):
 
     @override(TorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out) -> torch.Tensor:
-        total, parts = packed_losses(fwd_out, batch, self.erac, joint=self._ac(module_id).stage == "joint")
+        module = self._ac(module_id)
+        if module.heads == CRITIC_HEADS:
+            total, parts = packed_losses(fwd_out, batch, self.erac, joint=module.stage == "joint")
+        else:
+            total, parts = packed_reinforce_losses(fwd_out, batch, self.erac, self.objective, joint=module.stage == "joint")
         for key, value in parts.items():
             self.metrics.log_value((module_id, key), value, window=1)
         self.metrics.log_value((module_id, "num_steps"), int(fwd_out[STEP_MASK].sum()), reduce="sum")
@@ -187,7 +267,8 @@ class ActorCriticLearner(TorchLearner):
         super().after_gradient_based_update(timesteps=timesteps)
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
             module = self._ac(module_id)
-            polyak_update(module.target_critic, module.critic, self.erac.beta)
+            if module.heads == CRITIC_HEADS:
+                polyak_update(module.target_critic, module.critic, self.erac.beta)
 
 
 @torch.no_grad()
@@ -233,4 +314,47 @@ def packed_losses(fwd_out: dict[str, Any], batch: dict[str, Any], erac: ERACConf
         )  # Eq. (20) + λ_mle·MLE
         total = total + aloss.loss
         parts.update({LOSS_ACTOR: aloss.loss.item(), LOSS_ACTOR_OBJECTIVE: aloss.objective.item(), LOSS_MLE: aloss.mle.item()})
+    return total, parts
+
+
+def packed_reinforce_losses(
+    fwd_out: dict[str, Any], batch: dict[str, Any], cfg: Any, objective: str, joint: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SCST (``scst_loss``) or MIXER (``reinforce_baseline_loss`` + ``baseline_mse``), plus
+    λ_mle·MLE, on packed steps; returns the total loss and the logged parts.
+
+    The log-probs of the K taken actions (and MIXER's K baselines) are scattered back to the
+    ``[N, T]`` step layout of the rewards (0 at padding, never read), then the padded equations of
+    ``rayseq.algorithms.reinforce`` apply. Outside the joint stage (MIXER's baseline pretraining)
+    only the baseline's MSE is trained.
+    """
+    mask = fwd_out[STEP_MASK]  # [N, T]
+    n_seqs = mask.size(0)
+    logp = policy_log_probs(fwd_out[ACTOR_LOGITS], cfg.exclude_tokens)  # [K, V]
+    taken = logp.gather(-1, batch["actions"][mask].unsqueeze(-1)).squeeze(-1)  # [K]
+    logp_taken = taken.new_zeros(mask.shape).masked_scatter(mask, taken)  # [N, T]
+    rewards = batch["rewards"].to(taken.dtype)  # [N, T]
+    ref_len = batch["ref_len"].to(taken.dtype).clamp(min=1)  # [N]
+    parts = {ENTROPY: entropy(logp.detach()[None]).item()}
+    total = taken.new_zeros(())
+    if objective == "scst":
+        greedy_reward = batch["greedy_reward"].to(taken.dtype)  # [N]
+        rl = scst_loss(logp_taken, rewards, greedy_reward, mask, num_seqs=n_seqs)
+        parts[REWARD_BASELINE] = 100.0 * (greedy_reward / ref_len).mean().item()
+    elif objective == "mixer":
+        b = fwd_out[BASELINE]  # [K]
+        baseline = b.new_zeros(mask.shape).masked_scatter(mask, b)  # [N, T]
+        returns = returns_to_go(rewards, mask)  # [N, T]
+        mse = baseline_mse(baseline, returns, mask, num_seqs=n_seqs)
+        total = total + mse
+        rl = reinforce_baseline_loss(logp_taken, returns, baseline, mask, num_seqs=n_seqs)
+        parts[LOSS_BASELINE] = mse.item()
+        parts[REWARD_BASELINE] = 100.0 * (baseline[:, 0].detach() / ref_len).mean().item()
+    else:
+        raise ValueError(f"packed_reinforce_losses: objective {objective!r}; use 'scst' or 'mixer'.")
+    if joint:
+        mle = sequence_nll(fwd_out[MLE_LOGITS][None], fwd_out[MLE_TARGETS][None]).sum() / n_seqs
+        actor = rl + cfg.lambda_mle * mle
+        total = total + actor
+        parts.update({LOSS_ACTOR: actor.item(), LOSS_ACTOR_OBJECTIVE: rl.item(), LOSS_MLE: mle.item()})
     return total, parts

@@ -37,37 +37,43 @@ from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import LEARNER_RESULTS
 from tqdm import tqdm
 
-from rayseq.algorithms.erac import ERACConfig
 from rayseq.metrics import (
     ENTROPY,
     LOSS_ACTOR,
     LOSS_ACTOR_OBJECTIVE,
+    LOSS_BASELINE,
     LOSS_CRITIC_TD,
     LOSS_CRITIC_VAR,
     LOSS_MLE,
     POLICY_LAG,
     POLICY_LAG_MAX,
     Q_TAKEN,
+    REWARD_BASELINE,
     SAMPLE_BLEU,
     SAMPLE_LEN,
     SAMPLE_TOKENS_PER_S,
     TOKENS_PER_S,
+    WORKER_RESTARTS,
 )
-from rayseq.replay import ReplayBuffer
+from rayseq.replay import make_replay_buffer
 from rayseq.rollout import collate
-from rayseq.runtime.ac_learner import STAGES, ActorCriticLearner, ActorCriticRLModule
+from rayseq.runtime.ac_learner import STAGES, ActorCriticLearner, ActorCriticRLModule, typed_objective
 from rayseq.runtime.rollout_runner import SeqRolloutRunner
 
 SCHEDULES = ("sync", "async")
-LEARNER_KEYS = (LOSS_CRITIC_TD, LOSS_CRITIC_VAR, Q_TAKEN, ENTROPY, LOSS_ACTOR, LOSS_ACTOR_OBJECTIVE, LOSS_MLE)
+LEARNER_KEYS = (LOSS_CRITIC_TD, LOSS_CRITIC_VAR, Q_TAKEN, ENTROPY, LOSS_ACTOR, LOSS_ACTOR_OBJECTIVE, LOSS_MLE,
+                LOSS_BASELINE, REWARD_BASELINE)
 
 
 class ActorCriticConfig(AlgorithmConfig):
-    """RLlib config of AC/ERAC; ``objective_config`` is the ``ERACConfig`` as a dict."""
+    """RLlib config of AC/ERAC (and SCST/MIXER); ``objective_config`` is the typed config of the
+    registry entry ``algo_name`` (``ERACConfig``, ``SCSTConfig``, …) as a dict."""
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or ActorCriticAlgorithm)
         self.objective_config: dict[str, Any] = {}
+        self.algo_name = "erac"
+        """Registry name of the algorithm: its config class reads ``objective_config`` (AC, ERAC, SCST, MIXER)."""
         self.task = "multi30k"
         self.data_dir: str | None = None
         self.seed = 0
@@ -78,6 +84,8 @@ class ActorCriticConfig(AlgorithmConfig):
         """Episodes kept; None = one batch (on-policy)."""
         self.replay_ratio = 1.0
         """Episodes trained on per episode sampled (updates-per-sample ratio)."""
+        self.replay_key = "rayseq:replay"
+        """Redis key prefix of the replay buffer (redis backend; the driver sets one per run directory)."""
         self.weights_sync_every = 1
         """Push the actor's weights to the workers every this many updates."""
         self.updates_per_iteration = 100
@@ -102,7 +110,7 @@ class ActorCriticConfig(AlgorithmConfig):
             self._value_error(f"replay_ratio={self.replay_ratio}: must be > 0")
         if self.weights_sync_every < 1:
             self._value_error(f"weights_sync_every={self.weights_sync_every}: must be >= 1")
-        ERACConfig(**self.objective_config)
+        typed_objective(self)
 
 
 class ActorCriticAlgorithm(Algorithm):
@@ -114,7 +122,7 @@ class ActorCriticAlgorithm(Algorithm):
 
     def setup(self, config: AlgorithmConfig) -> None:
         super().setup(config)
-        self.erac = ERACConfig(**self.config.objective_config)
+        _, self.erac = typed_objective(self.config)
         self.num_updates = 0
         self.updates_per_iteration = int(self.config.updates_per_iteration)
         """Learner updates per ``train()`` call (the driver may change it between calls)."""
@@ -144,7 +152,8 @@ class ActorCriticAlgorithm(Algorithm):
         self._drain()
         self._foreach_runner(lambda r: r.configure_sampling(slack, max_len))
         capacity = self.config.replay_capacity or self.batch_episodes
-        self.buffer = ReplayBuffer(int(capacity), seed=int(self._rng.integers(2**31)))
+        self.buffer = make_replay_buffer(self.erac.replay_backend, int(capacity), seed=int(self._rng.integers(2**31)),
+                                         key=f"{self.config.replay_key}:{stage}")
         self._credit = 0.0
         self.push_weights()
 
@@ -188,16 +197,41 @@ class ActorCriticAlgorithm(Algorithm):
     # ----------------------------------------------------------------- sampling
 
     def _sample_sync(self, n: int) -> list:
-        """At least ``n`` episodes from the workers (split evenly), blocking."""
-        remote = self.env_runner_group.num_remote_env_runners()
-        if not remote:
-            results = [self.env_runner.sample_episodes(n, on_policy=True)]
-        else:
-            per = -(-n // remote)
+        """At least ``n`` episodes from the workers (split evenly over the healthy ones), blocking.
+
+        A worker that dies mid-request delivers nothing: the shortfall is sampled again from the
+        healthy workers (RLlib restarts the dead one; :meth:`restore_env_runners` brings it back),
+        so every update still trains on a full batch.
+        """
+        if not self.env_runner_group.num_remote_env_runners():
+            return self._absorb([self.env_runner.sample_episodes(n, on_policy=True)])
+        episodes: list = []
+        while len(episodes) < n:
+            healthy = self.env_runner_group.num_healthy_remote_env_runners()
+            if not healthy:
+                if not self.restore_env_runners(self.env_runner_group):
+                    time.sleep(0.5)
+                continue
+            per = -(-(n - len(episodes)) // healthy)
             results = self.env_runner_group.foreach_env_runner(
-                lambda r: r.sample_episodes(per, on_policy=True), local_env_runner=False
+                lambda r, per=per: r.sample_episodes(per, on_policy=True), local_env_runner=False
             )
-        return self._absorb(results)
+            episodes += self._absorb(results)
+        return episodes
+
+    def restore_env_runners(self, env_runner_group) -> list[int]:
+        """RLlib's restore of restarted workers, then this stage's sampling settings and weights."""
+        restored = super().restore_env_runners(env_runner_group)
+        if restored and env_runner_group is self.env_runner_group:
+            slack = self.erac.pretrain_len_slack if self.stage == "critic" else self.erac.sample_len_slack
+            max_len = self.erac.max_sample_len
+            env_runner_group.foreach_env_runner(
+                lambda r: r.configure_sampling(slack, max_len), remote_worker_ids=restored, local_env_runner=False
+            )
+            self.push_weights()
+            print(f"[fault tolerance] rollout worker(s) {restored} restarted "
+                  f"({env_runner_group.num_remote_worker_restarts()} restarts so far)", file=sys.stderr, flush=True)
+        return restored
 
     def _launch(self, ids: list[int] | None = None) -> None:
         per = max(1, self.batch_episodes // max(1, self.env_runner_group.num_remote_env_runners()))
@@ -270,6 +304,7 @@ class ActorCriticAlgorithm(Algorithm):
                    for k in LEARNER_KEYS if k in results[0][DEFAULT_MODULE_ID]}
             rec[POLICY_LAG] = float(lag.mean())
             rec[POLICY_LAG_MAX] = float(lag.max())
+            rec[WORKER_RESTARTS] = float(self.env_runner_group.num_remote_worker_restarts())
             ref_len = np.array([len(e.ref) for e in episodes], dtype=float)
             rec[SAMPLE_BLEU] = float(np.mean([e.bleu_scaled for e in episodes] / ref_len)) * 100.0
             rec[SAMPLE_LEN] = float(batch["lengths"].mean())
@@ -281,6 +316,7 @@ class ActorCriticAlgorithm(Algorithm):
                 elapsed = time.perf_counter() - t0
                 out = {k: float(np.mean(v)) for k, v in window.items()}
                 out[POLICY_LAG_MAX] = float(np.max(window[POLICY_LAG_MAX]))
+                out[WORKER_RESTARTS] = float(np.max(window[WORKER_RESTARTS]))
                 out[TOKENS_PER_S] = trained_tokens / elapsed
                 out[SAMPLE_TOKENS_PER_S] = self._sample_tokens / max(self._sample_time, 1e-9)
                 out["stage"] = self.stage
@@ -288,8 +324,11 @@ class ActorCriticAlgorithm(Algorithm):
                 window = {}
                 if not cfg.show_progress:
                     print(
-                        f"{self.stage} update {self.num_updates}: TD {out.get(LOSS_CRITIC_TD, float('nan')):.3f}, "
-                        f"sample BLEU {out[SAMPLE_BLEU]:.1f}, len {out[SAMPLE_LEN]:.1f}, entropy {out.get(ENTROPY, 0):.2f}, "
+                        f"{self.stage} update {self.num_updates}: "
+                        + (f"TD {out[LOSS_CRITIC_TD]:.3f}, " if LOSS_CRITIC_TD in out else "")
+                        + (f"baseline MSE {out[LOSS_BASELINE]:.3f}, " if LOSS_BASELINE in out else "")
+                        + (f"baseline BLEU {out[REWARD_BASELINE]:.1f}, " if REWARD_BASELINE in out else "")
+                        + f"sample BLEU {out[SAMPLE_BLEU]:.1f}, len {out[SAMPLE_LEN]:.1f}, entropy {out.get(ENTROPY, 0):.2f}, "
                         f"lag {out[POLICY_LAG]:.2f}, {out[TOKENS_PER_S]:.0f} tok/s",
                         file=sys.stderr, flush=True,
                     )

@@ -44,6 +44,7 @@ class ActorRLModule(TorchRLModule):
         width = int(prefix_len.max().item()) + 1 if b else 1
         tgt_in = torch.full((b, width), BOS, dtype=torch.long, device=prefix.device)
         tgt_in[:, 1:] = prefix[:, : width - 1]
-        logits = self.actor(obs["src"].long(), obs["src_len"].long(), tgt_in)  # [B, width, V]
+        src = obs["src"] if obs["src"].is_floating_point() else obs["src"].long()  # features stay float
+        logits = self.actor(src, obs["src_len"].long(), tgt_in)  # [B, width, V]
         last = logits[torch.arange(b, device=prefix.device), prefix_len]  # [B, V]
         return {Columns.ACTION_DIST_INPUTS: mask_logits(last, BANNED_TOKENS)}

@@ -42,7 +42,7 @@ def task_pairs(task: str, data_dir: str | None) -> PairData:
 class SeqRolloutRunner(EnvRunner):
     """One rollout worker (see module doc). ``config.env_config``: ``task``, ``data_dir``,
     ``len_slack``, ``max_len``, ``sample_train_mode`` (dropout on while sampling, as the official
-    code samples)."""
+    code samples), ``greedy_baseline`` (also decode each source greedily: SCST's baseline)."""
 
     def __init__(self, *, config, **kwargs) -> None:
         super().__init__(config=config, **kwargs)
@@ -51,6 +51,7 @@ class SeqRolloutRunner(EnvRunner):
         env_cfg = dict(config.env_config)
         self._pairs = task_pairs(env_cfg["task"], env_cfg.get("data_dir"))
         self._train_mode = bool(env_cfg.get("sample_train_mode", True))
+        self._greedy_baseline = bool(env_cfg.get("greedy_baseline", False))
         spec: RLModuleSpec = config.rl_module_spec
         self.module = RLModuleSpec(
             module_class=spec.module_class,
@@ -76,6 +77,7 @@ class SeqRolloutRunner(EnvRunner):
         self.sampler = RolloutSampler(self.module.actor, self.env, seed=seed)
         self.sampler.version = self.version
         self.sampler.train_mode = self._train_mode
+        self.sampler.greedy_baseline = self._greedy_baseline
 
     def sample_episodes(self, num_episodes: int, on_policy: bool = False) -> dict[str, Any]:
         """At least ``num_episodes`` finished episodes, plus timing (``tokens``, ``time_s``).

@@ -58,6 +58,11 @@ class SupervisedSeqConfig(AlgorithmConfig):
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=ActorRLModule)
 
+    @staticmethod
+    def module_extras(algo_config: Any) -> dict[str, Any]:
+        """``model_config`` entries the module needs beyond the actor's shape (none here)."""
+        return {}
+
     def validate(self) -> None:
         super().validate()
         if self.objective not in OBJECTIVES:
@@ -88,31 +93,40 @@ class SupervisedSeqAlgorithm(Algorithm):
         lengths = [len(y) for y in self._train.tgt]
         batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=self._epoch)
         rng = np.random.default_rng((cfg.seed, self._epoch, 1))
+        tok_s = self._updates(batches, lambda src, tgt: self._make_rows(src, tgt, rng), self._epoch, f"epoch {self._epoch + 1}")
+        self.metrics.log_value(TOKENS_PER_S, tok_s, window=1)
+        self.metrics.log_value("epoch", self._epoch + 1, window=1)
+        self._epoch += 1
+
+    def _make_rows(self, src: list, tgt: list, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The learner rows of one batch of pairs (MLE: the pairs; RAML: K weighted samples each)."""
+        return mle_rows(src, tgt) if self._raml is None else raml_rows(src, tgt, self._raml, self._vocab_size, rng)
+
+    def _updates(self, batches: list, make_rows, epoch: float, desc: str, loss_key: str = LOSS_ACTOR) -> float:
+        """One learner update per batch of pair indices; logs ``loss_key`` every ``log_every``
+        updates (epoch = ``epoch`` + the fraction of ``batches`` done). Returns target tokens/s."""
+        cfg = self.config
         tokens = 0
         window: list[float] = []
         t0 = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {self._epoch + 1}", unit="batch", disable=not cfg.show_progress, leave=False)
+        bar = tqdm(batches, desc=desc, unit="batch", disable=not cfg.show_progress, leave=False)
         for i, idx in enumerate(bar):
-            src = [self._train.src[i] for i in idx]
-            tgt = [self._train.tgt[i] for i in idx]
-            rows = mle_rows(src, tgt) if self._raml is None else raml_rows(src, tgt, self._raml, self._vocab_size, rng)
+            rows = make_rows([self._train.src[j] for j in idx], [self._train.tgt[j] for j in idx])
             batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(rows)}, env_steps=len(idx))
             results = self.learner_group.update(batch=batch, timesteps={})
             self.metrics.aggregate(results, key=LEARNER_RESULTS)
-            window.append(np.mean([r[DEFAULT_MODULE_ID][LOSS_ACTOR].peek() for r in results]))
-            tokens += int((rows["tgt_out"] != 0).sum())
+            window.append(np.mean([r[DEFAULT_MODULE_ID][loss_key].peek() for r in results]))
+            tokens += int((rows["tgt_out" if "tgt_out" in rows else "actions"] != 0).sum())
             self.num_updates += 1
             if self.num_updates % cfg.log_every == 0:
                 loss, window = float(np.mean(window)), []  # mean over the last log_every updates
                 tok_s = tokens / (time.perf_counter() - t0)
-                epoch = self._epoch + (i + 1) / len(batches)
-                self._train_log.append({"step": self.num_updates, "epoch": epoch, LOSS_ACTOR: loss, TOKENS_PER_S: tok_s})
+                at = epoch + (i + 1) / len(batches)
+                self._train_log.append({"step": self.num_updates, "epoch": at, loss_key: loss, TOKENS_PER_S: tok_s})
                 if not cfg.show_progress:
-                    print(f"epoch {epoch:.2f} step {self.num_updates}: {LOSS_ACTOR} {loss:.3f}, {tok_s:.0f} tokens/s", file=sys.stderr, flush=True)
+                    print(f"{desc} step {self.num_updates}: {loss_key} {loss:.3f}, {tok_s:.0f} tokens/s", file=sys.stderr, flush=True)
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
-        self.metrics.log_value(TOKENS_PER_S, tokens / (time.perf_counter() - t0), window=1)
-        self.metrics.log_value("epoch", self._epoch + 1, window=1)
-        self._epoch += 1
+        return tokens / max(time.perf_counter() - t0, 1e-9)
 
     # -- driver-side helpers ------------------------------------------------------------------
     def pop_train_log(self) -> list[dict[str, Any]]:
@@ -126,7 +140,7 @@ class SupervisedSeqAlgorithm(Algorithm):
 
         state = self.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}")
         module_state = state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
-        return {k.removeprefix("actor."): v for k, v in module_state.items()}
+        return {k.removeprefix("actor."): v for k, v in module_state.items() if k.startswith("actor.")}
 
     def set_lr(self, lr: float) -> None:
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))

@@ -1,0 +1,1 @@
+"""Running rayseq on Ray clusters: launcher-config checks, job submission."""

@@ -1,0 +1,174 @@
+"""VAML's step 1 inside ``rayseq train --algo vaml``: train (or load) the Q-net, then hand over.
+
+``rayseq.train.train`` runs this before its epoch loop when the algorithm has a Q-net stage:
+``algo.qnet_epochs`` passes of soft Q-learning (Eq. 16) over the corrupted training references,
+checkpointed after every pass (``--resume`` continues mid-stage), each pass followed by two
+held-out checks of the Q-net on the validation references:
+
+* ``qnet/valid_td`` — Eq. (16)'s squared soft TD error per sequence on corrupted validation
+  references (computed here with the padded equations, independently of the learner's packed rows);
+* ``qnet/greedy_bleu`` — corpus BLEU of decoding argmax_w Q_φ(s, w; y*) given the reference: an
+  oracle that reads y* should reproduce it (near 100).
+
+The finished Q-net is written to ``RUN_DIR/qnet.pt`` (``algo.qnet_init`` of a later run may reuse
+it and skip step 1). Step 2 (the actor) is the epoch loop of ``rayseq.train``.
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rayseq.algorithms.erac import step_masks
+from rayseq.algorithms.supervised_rows import qnet_episodes
+from rayseq.algorithms.vaml import VAMLConfig, soft_max_value, soft_q_loss, soft_q_target
+from rayseq.config import RunConfig
+from rayseq.data.tasks import Task
+from rayseq.errors import TrainingError
+from rayseq.metrics import EPOCH_TIME_S, QNET_GREEDY_BLEU, QNET_VALID_TD, MetricsWriter
+from rayseq.models.base import BOS, EOS
+from rayseq.models.critic import Critic, CriticConfig
+from rayseq.rollout import collate
+from rayseq.run_dir import atomic_write_bytes
+
+QNET_FILE = "qnet.pt"
+QNET_FORMAT = "rayseq-qnet/1"
+
+
+def qnet_config(cfg: RunConfig, task: Task) -> CriticConfig:
+    """The Q-net's shape: the critic's, sized like this run's actor."""
+    return CriticConfig.like_actor(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
+
+
+def save_qnet(path: Path, state_dict: dict[str, Any], critic_cfg: CriticConfig, meta: dict[str, Any]) -> Path:
+    """``qnet.pt``: format tag, the ``CriticConfig``, the weights and ``meta``; written atomically."""
+    buf = io.BytesIO()
+    torch.save(
+        {"format": QNET_FORMAT, "critic_config": asdict(critic_cfg),
+         "state_dict": {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}, "meta": meta},
+        buf,
+    )
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_qnet(spec: str, want: CriticConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state_dict, meta)`` of ``algo.qnet_init`` (a ``qnet.pt`` or a VAML run dir holding one),
+    checked against this run's Q-net shape."""
+    path = Path(spec)
+    if path.is_dir():
+        path = path / QNET_FILE
+    if not path.is_file():
+        raise TrainingError(f"algo.qnet_init={spec}: no Q-net file {path}; name a VAML run dir or its {QNET_FILE}.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 — any unreadable file is the user's to fix
+        raise TrainingError(f"algo.qnet_init={path}: not a readable Q-net file ({err}).") from None
+    if not isinstance(obj, dict) or obj.get("format") != QNET_FORMAT:
+        raise TrainingError(f"algo.qnet_init={path}: not a {QNET_FORMAT} file (written by `rayseq train --algo vaml`).")
+    have = obj["critic_config"]
+    diffs = [f"{k}: file {have.get(k)!r} vs run {v!r}" for k, v in asdict(want).items() if have.get(k) != v]
+    if diffs:
+        raise TrainingError(
+            f"algo.qnet_init={path}: the Q-net does not fit this run ({'; '.join(diffs)}); train it with the same "
+            f"task and model settings, or drop algo.qnet_init."
+        )
+    return obj["state_dict"], obj.get("meta", {})
+
+
+def evaluate_qnet(
+    critic: Critic, v: VAMLConfig, task: Task, n: int, max_len: int
+) -> dict[str, float]:
+    """The held-out checks on the first ``n`` validation references (see the module docstring)."""
+    from rayseq.commands.translate import translate_ids
+    from rayseq.evaluation import corpus_bleu_ids
+
+    valid = task.split("valid")
+    refs = [np.asarray(y) for y in valid.tgt[:n]]
+    critic.eval()
+    rng = np.random.default_rng((v.seed, 99))
+    episodes = qnet_episodes([np.zeros(1, dtype=np.int64)] * len(refs), refs, v, len(task.tgt_vocab), rng)
+    td, seqs = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(episodes), 300):
+            cols = {k: torch.as_tensor(a) for k, a in collate(episodes[i : i + 300]).items()}
+            q = critic(cols["ref"], cols["ref_len"], cols["tgt_in"])  # [N, T, V]
+            mask, done = step_masks(cols["lengths"], cols["capped"], q.size(1))  # [N, T]
+            target = soft_q_target(cols["rewards"], soft_max_value(q, v.tau, v.exclude_tokens), done, mask)  # Eq. 16
+            q_taken = q.gather(-1, cols["actions"].unsqueeze(-1)).squeeze(-1)  # [N, T]
+            td += float(soft_q_loss(q_taken, target, mask).loss) * q.size(0)
+            seqs += q.size(0)
+    wrapped = [np.concatenate([[BOS], y, [EOS]]).astype(np.int64) for y in refs]
+    hyps = translate_ids(critic.net, wrapped, beam=1, max_len=max_len, desc="Q-net greedy")
+    bleu = corpus_bleu_ids(hyps, [[y] for y in refs])["bleu"]
+    return {QNET_VALID_TD: td / max(seqs, 1), QNET_GREEDY_BLEU: float(bleu)}
+
+
+def qnet_stage(
+    algo: Any, cfg: RunConfig, task: Task, run_dir: Path, writer: MetricsWriter, state: dict[str, Any], save_checkpoint
+) -> dict[str, Any]:
+    """Step 1 (or its resumption, or ``algo.qnet_init``); leaves the algorithm in stage ``actor``.
+
+    ``save_checkpoint(trainer_state)`` checkpoints the algorithm. Returns the Q-net summary that
+    goes into ``results.json`` (``updates``, the held-out checks, ``path``, ``wall_time_s``).
+    """
+    v: VAMLConfig = cfg.algo_config
+    summary = dict(state.get("qnet") or {})
+    if summary.get("done"):
+        algo.set_stage("actor")
+        return summary
+    critic_cfg = qnet_config(cfg, task)
+    critic = Critic(critic_cfg)
+    t0 = time.monotonic() - float(summary.get("wall_time_s", 0.0))
+    if v.qnet_init:
+        state_dict, meta = load_qnet(v.qnet_init, critic_cfg)
+        algo.load_qnet(state_dict)
+        critic.load_state_dict(state_dict)
+        summary = {"source": f"qnet_init {v.qnet_init}", **{k: meta[k] for k in ("updates",) if k in meta}}
+        summary.update(evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len))
+    else:
+        if v.qnet_replay:
+            from rayseq.replay_redis import open_replay  # the durable replay of issue 6
+
+            algo.attach_replay(open_replay(v.qnet_replay))
+        n_pairs = len(task.split("train"))
+        per_epoch = max(1, math.ceil(n_pairs / v.qnet_batch_size))
+        total = math.ceil(v.qnet_epochs * n_pairs / v.qnet_batch_size)
+        algo.set_stage("qnet")
+        if algo.qnet_updates < total:
+            print(f"[Q-net stage] {total - algo.qnet_updates} updates of soft Q-learning (Eq. 16), "
+                  f"τ = {v.tau}, {v.num_corruptions} corruptions per reference", file=sys.stderr, flush=True)
+        while algo.qnet_updates < total:
+            t_chunk = time.perf_counter()
+            algo.train_qnet(min(per_epoch, total - algo.qnet_updates))
+            for rec in algo.pop_train_log():
+                value = float(next(x for k, x in rec.items() if k.startswith("loss/")))
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"Q-net TD loss is {value} at update {rec['step']}; training stopped. Resume with --resume "
+                        f"{run_dir} and a smaller algo.qnet_lr."
+                    )
+                writer.log(rec.pop("step"), 0.0, {k: x for k, x in rec.items() if k != "epoch"})
+            critic.load_state_dict({k: torch.as_tensor(np.asarray(x)) for k, x in algo.qnet_state_dict().items()})
+            checks = evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len)
+            writer.log(algo.num_updates, 0.0, {**checks, EPOCH_TIME_S: time.perf_counter() - t_chunk})
+            summary = {"source": "trained", "updates": algo.qnet_updates, **checks, "wall_time_s": time.monotonic() - t0}
+            print(f"[Q-net stage] update {algo.qnet_updates}/{total}: held-out TD {checks[QNET_VALID_TD]:.3f}, "
+                  f"greedy BLEU given y* {checks[QNET_GREEDY_BLEU]:.2f}", file=sys.stderr, flush=True)
+            save_checkpoint({"epoch": 0, "step": algo.num_updates, "qnet": summary})
+        if "updates" not in summary:  # qnet_epochs = 0: an untrained Q-net, evaluated as is
+            critic.load_state_dict({k: torch.as_tensor(np.asarray(x)) for k, x in algo.qnet_state_dict().items()})
+            summary = {"source": "trained", "updates": 0, **evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len)}
+        path = save_qnet(run_dir / QNET_FILE, algo.qnet_state_dict(), critic_cfg,
+                         {"task": cfg.task, "tau": v.tau, "updates": algo.qnet_updates, "run_dir": str(run_dir)})
+        summary["path"] = str(path)
+    summary.update(done=True, wall_time_s=time.monotonic() - t0)
+    save_checkpoint({"epoch": 0, "step": algo.num_updates, "qnet": summary})
+    algo.set_stage("actor")
+    return summary

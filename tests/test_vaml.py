@@ -1,0 +1,201 @@
+"""VAML (§4.1): the losses on hand-computed tensors, terminal masking in a padded batch, the packed
+learner rows against the padded equations, the corrupted references, and a toy run through RLlib."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rayseq.algorithms.erac import step_masks
+from rayseq.algorithms.supervised_rows import qnet_episodes, vaml_actor_rows
+from rayseq.algorithms.vaml import (
+    VAMLConfig,
+    corrupt_references,
+    qnet_token_targets,
+    soft_max_value,
+    soft_q_loss,
+    soft_q_target,
+    token_mix,
+    vaml_actor_loss,
+)
+from rayseq.rollout import collate
+
+
+def test_soft_max_value_is_tau_logsumexp_over_allowed_tokens() -> None:
+    q = torch.tensor([[9.0, 9.0, 1.0, 2.0]])  # tokens 0, 1 excluded
+    tau = 0.5
+    expect = tau * math.log(math.exp(1.0 / tau) + math.exp(2.0 / tau))
+    assert math.isclose(float(soft_max_value(q, tau, exclude=(0, 1))[0]), expect, rel_tol=1e-6)
+    # τ → 0 gives the hard max
+    assert math.isclose(float(soft_max_value(q, 1e-4, exclude=(0, 1))[0]), 2.0, abs_tol=1e-3)
+    with pytest.raises(ValueError, match="τ"):
+        soft_max_value(q, 0.0)
+
+
+def test_soft_q_target_masks_terminals_of_every_sequence_and_keeps_the_gradient() -> None:
+    """Two sequences of different length in one padded batch: neither bootstraps past its eos
+    (the official code did for all but the longest)."""
+    lengths = torch.tensor([2, 0])  # tokens before eos
+    mask, done = step_masks(lengths, torch.tensor([False, False]), 3)
+    rewards = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    values = torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]], requires_grad=True)
+    target = soft_q_target(rewards, values, done, mask)
+    # row 0: Q̂_0 = 1 + V_1 = 21, Q̂_1 = 2 + V_2 = 32, Q̂_2 = 0 (eos: terminal); row 1: eos at t=0 → 0
+    assert target.tolist() == [[21.0, 32.0, 0.0], [0.0, 0.0, 0.0]]
+    target.sum().backward()
+    assert values.grad.tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]  # gradient flows through V
+
+
+def test_soft_q_loss_hand_computed() -> None:
+    q_taken = torch.tensor([[1.0, 2.0, 7.0], [0.5, 9.0, 9.0]])
+    target = torch.tensor([[0.0, 4.0, 0.0], [1.5, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = soft_q_loss(q_taken, target, mask)
+    assert math.isclose(float(out.loss), (1.0 + 4.0 + 1.0) / 2, rel_tol=1e-6)  # Σ_t (Q − Q̂)² / N
+    assert int(out.num_tokens) == 3
+
+
+def test_qnet_targets_and_actor_loss_hand_computed() -> None:
+    q = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]])  # [1, 1, V]; token 0 excluded
+    p = qnet_token_targets(q, tau=1.0, exclude=(0,))
+    z = math.e + 2
+    torch.testing.assert_close(p, torch.tensor([[[0.0, 1 / z, math.e / z, 1 / z]]]))
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # π uniform: log π = −log 4
+    p2 = torch.cat([p, p], dim=1)  # [1, 2, V]
+    targets = torch.tensor([[2, 0]])  # second step is padding
+    w = torch.tensor([[0.5, 0.5]])
+    for m, expect in ((1.0, 0.5 * math.log(4)), (0.0, 0.5 * math.log(4))):
+        out = vaml_actor_loss(logits, targets, p2, torch.full((1, 2), m), w, num_sources=1)
+        assert math.isclose(float(out.loss), expect, rel_tol=1e-6)
+    # a non-uniform π separates the CE and NLL terms
+    logits = torch.tensor([[[0.0, 0.0, 2.0, 0.0], [5.0, 5.0, 5.0, 5.0]]])
+    logp = torch.log_softmax(logits[0, 0], -1)
+    ce, nll = float(-(p[0, 0] * logp).sum()), float(-logp[2])
+    out = vaml_actor_loss(logits, targets, p2, torch.tensor([[0.25, 0.25]]), torch.tensor([[2.0, 2.0]]), num_sources=2)
+    assert math.isclose(float(out.loss), 0.25 * ce + 0.75 * nll, rel_tol=1e-5)
+    assert math.isclose(float(out.ce), ce, rel_tol=1e-5) and math.isclose(float(out.nll), nll, rel_tol=1e-5)
+
+
+def test_token_mix_modes() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = token_mix((200, 50), 0.2, "bernoulli", g)
+    assert set(m.unique().tolist()) <= {0.0, 1.0} and abs(float(m.mean()) - 0.2) < 0.02
+    assert torch.equal(token_mix((2, 3), 0.2, "expected"), torch.full((2, 3), 0.2))
+    with pytest.raises(ValueError, match="mode"):
+        token_mix((1,), 0.2, "coin")
+
+
+def test_corrupt_references_rate_and_specials() -> None:
+    rng = np.random.default_rng(0)
+    ref = np.arange(4, 104)
+    out = corrupt_references(ref, 1000, 50, 0.2, rng, n_specials=4)
+    assert len(out) == 51 and np.array_equal(out[0], ref)
+    changed = np.mean([np.mean(c != ref) for c in out[1:]])
+    assert 0.17 < changed < 0.23  # ≈ 0.2 (a replacement rarely equals the original)
+    assert all(c.min() >= 4 and len(c) == len(ref) for c in out)
+
+
+def test_qnet_episodes_rewards_sum_to_scaled_bleu() -> None:
+    from envs.rewards import sentence_bleu
+
+    rng = np.random.default_rng(1)
+    v = VAMLConfig(num_corruptions=3)
+    eps = qnet_episodes([np.array([5, 6])], [np.array([7, 8, 9, 10])], v, 20, rng)
+    assert len(eps) == 4 and not any(e.capped for e in eps)
+    for e in eps:
+        assert e.rewards[-1] == 0.0  # the eos step earns 0
+        assert math.isclose(float(e.rewards.sum()), 4 * sentence_bleu(e.tokens, [np.array([7, 8, 9, 10])]), rel_tol=1e-5)
+
+
+def test_bad_vaml_settings_are_clear_errors() -> None:
+    for kwargs, word in (({"tau": 0.0}, "tau"), ({"corrupt_prob": 1.5}, "corrupt_prob"), ({"mix_mode": "x"}, "mix_mode"),
+                         ({"qnet_target_beta": 0.0}, "qnet_target_beta")):
+        with pytest.raises(ValueError, match=word):
+            VAMLConfig(**kwargs)
+
+
+def _module(stage: str, target: bool = False):
+    from rayseq.runtime.vaml import VAMLRLModule
+    from gymnasium import spaces
+
+    torch.manual_seed(0)
+    cfg = {"src_vocab_size": 12, "tgt_vocab_size": 14, "emb_dim": 8, "enc_hidden": 4, "dec_hidden": 8, "dropout": 0.0,
+           "qnet_target": target}
+    module = VAMLRLModule(observation_space=spaces.Discrete(2), action_space=spaces.Discrete(14), model_config=cfg)
+    module.stage = stage
+    return module
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_packed_qnet_loss_and_gradients_equal_the_padded_equation(target: bool) -> None:
+    from rayseq.runtime.vaml import packed_vaml_losses
+
+    module = _module("qnet", target)
+    if target:
+        with torch.no_grad():
+            for p in module.target_qnet.parameters():
+                p.add_(0.05)
+    v = VAMLConfig(tau=0.4, num_corruptions=2, qnet_target_beta=0.1 if target else None)
+    rng = np.random.default_rng(0)
+    eps = qnet_episodes([np.array([4, 5])] * 3, [np.array([4, 5, 6]), np.array([7]), np.array([8, 9, 10, 11, 12])], v, 14, rng)
+    b = {k: torch.as_tensor(a) for k, a in collate(eps).items()}
+    loss, parts = packed_vaml_losses(module.forward_train(b), b, v, "qnet")
+    grads = torch.autograd.grad(loss, list(module.qnet.parameters()))
+
+    q = module.qnet(b["ref"], b["ref_len"], b["tgt_in"])  # [N, T, V]
+    mask, done = step_masks(b["lengths"], b["capped"], q.size(1))
+    v_net = q if not target else module.target_qnet(b["ref"], b["ref_len"], b["tgt_in"]).detach()
+    tgt = soft_q_target(b["rewards"], soft_max_value(v_net, v.tau, v.exclude_tokens), done, mask)
+    expect = soft_q_loss(q.gather(-1, b["actions"].unsqueeze(-1)).squeeze(-1), tgt, mask).loss
+    assert math.isclose(float(loss), float(expect), rel_tol=1e-5)
+    for g, r in zip(grads, torch.autograd.grad(expect, list(module.qnet.parameters()))):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_packed_actor_loss_equals_the_padded_equation_and_leaves_the_qnet_frozen() -> None:
+    from rayseq.runtime.vaml import packed_vaml_losses
+
+    module = _module("actor")
+    v = VAMLConfig(num_samples=2, mix_mode="expected", mix_prob=0.3)
+    rows = vaml_actor_rows([np.array([4, 5, 6]), np.array([7, 8])], [np.array([4, 5, 6, 7]), np.array([9, 10])], v, 14,
+                           np.random.default_rng(0))
+    b = {k: torch.as_tensor(a) for k, a in rows.items()}
+    loss, parts = packed_vaml_losses(module.forward_train(b), b, v, "actor")
+    loss.backward()
+    assert all(p.grad is None for p in module.qnet.parameters())
+
+    logits = module.actor(b["src"], b["src_len"], b["tgt_in"])
+    q = module.qnet(b["ref"], b["ref_len"], b["tgt_in"]).detach()
+    w = b["weight"][:, None].expand(b["tgt_out"].shape)
+    expect = vaml_actor_loss(logits, b["tgt_out"], qnet_token_targets(q, v.tau, v.exclude_tokens),
+                             torch.full(b["tgt_out"].shape, 0.3), w, num_sources=2)
+    assert math.isclose(float(loss), float(expect.loss), rel_tol=1e-5)
+    assert math.isclose(parts["loss/vaml_ce"], float(expect.ce), rel_tol=1e-5)
+
+
+@pytest.mark.ray
+def test_vaml_toy_run_writes_the_qnet_and_resumes(tmp_path, ray_session) -> None:
+    """Both steps on the toy task; ``qnet.pt`` reused by a second run through algo.qnet_init."""
+    from rayseq.config import build_run_config
+    from rayseq.errors import TrainingError
+    from rayseq.train import train
+
+    def cfg(out, *extra):
+        return build_run_config("vaml", VAMLConfig, "cpu", "toy", ["epochs=1", "algo.qnet_epochs=1.0", *extra], out=str(out))
+
+    res = train(cfg(tmp_path / "a"))
+    assert res["qnet"]["done"] and res["qnet"]["updates"] == 60  # 3000 refs / 50
+    assert math.isfinite(res["qnet"]["qnet/valid_td"]) and (tmp_path / "a" / "qnet.pt").is_file()
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/critic_td" in r for r in records) and any("loss/actor" in r for r in records)
+    assert any("qnet/greedy_bleu" in r for r in records)
+
+    res2 = train(cfg(tmp_path / "b", f"algo.qnet_init={tmp_path / 'a'}"))
+    assert res2["qnet"]["source"].startswith("qnet_init")
+    assert math.isclose(res2["qnet"]["qnet/valid_td"], res["qnet"]["qnet/valid_td"], rel_tol=1e-4)
+
+    with pytest.raises(TrainingError, match="qnet_init"):
+        train(cfg(tmp_path / "c", f"algo.qnet_init={tmp_path / 'nowhere'}"))
