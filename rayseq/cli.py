@@ -107,11 +107,17 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="plot validation BLEU, entropy, sample BLEU, TD loss of several runs")
-    p.add_argument("runs", nargs="+", metavar="[LABEL=]RUN_DIR", help="run directories (or metrics.jsonl files)")
-    p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--metrics", help="comma-separated metric names (default: bleu/valid,entropy,sample/bleu,loss/critic_td)")
+    from rayseq.commands.compare import add_arguments
+
+    p = sub.add_parser(
+        "compare",
+        help="run algorithms × seeds on a task and tabulate them (--task --algos), or plot existing runs (RUN_DIR ... --out PNG)",
+    )
+    p.add_argument("runs", nargs="*", metavar="[LABEL=]RUN_DIR", help="plot form: run directories (or metrics.jsonl files)")
+    p.add_argument("--out", help="plot form: the PNG to write; experiment form: the comparison directory")
+    p.add_argument("--metrics", help="plot form: comma-separated metric names (default: bleu/valid,entropy,sample/bleu,loss/critic_td)")
     p.add_argument("--title")
+    add_arguments(p)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -119,6 +125,16 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     from rayseq.metrics import COMPARE_METRICS, plot_comparison
 
+    if args.algos or args.task:
+        if not (args.algos and args.task):
+            raise ValueError("compare: the experiment form needs both --task and --algos (e.g. --task toy --algos mle,raml,erac)")
+        if args.runs:
+            raise ValueError("compare: give either run directories to plot or --task/--algos to run, not both")
+        from rayseq.commands.compare import run
+
+        return run(args)
+    if not args.runs or not args.out:
+        raise ValueError("compare: give RUN_DIR ... --out PNG to plot runs, or --task T --algos a,b,... to run a comparison")
     runs = {}
     for item in args.runs:
         label, sep, path = item.partition("=")

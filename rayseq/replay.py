@@ -99,3 +99,12 @@ def make_replay_buffer(backend: str, capacity: int, seed: int = 0, key: str = "r
         return RedisReplayBuffer(capacity, seed=seed, url=None if backend == "redis" else backend, key=key)
     raise ValueError(f"replay backend {backend!r}: use 'memory', 'redis' or a redis:// URL.")
 
+
+
+def run_replay_key(run_dir: str) -> str:
+    """The Redis key prefix of a run's replay rings (``:critic`` / ``:joint`` are appended per stage):
+    one per run directory, so a resumed run finds its episodes and another job can read them."""
+    import hashlib
+    from pathlib import Path
+
+    return "rayseq:replay:" + hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]

@@ -114,6 +114,23 @@ class RedisReplayBuffer:
             raise ValueError(f"Redis key {key!r} at {self._where()} holds a replay ring of capacity {int(have)}, not "
                              f"{capacity}; use the same replay_capacity or clear it (RedisReplayBuffer.clear()).")
 
+    @classmethod
+    def open_existing(cls, url: str | None, key: str, seed: int = 0) -> "RedisReplayBuffer":
+        """A reader of a ring another job filled (its capacity read from Redis); ValueError if the
+        key holds no replay ring."""
+        import redis
+
+        url = redis_url(url)
+        client = redis.Redis.from_url(url, password=os.environ.get(PASSWORD_ENV) or None, socket_connect_timeout=5.0)
+        try:
+            have = client.hget(f"{key}:meta", "capacity")
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            raise ReplayUnavailable(f"Redis replay at {url} unreachable ({err}); start Redis or fix the URL.") from err
+        if have is None:
+            raise ValueError(f"Redis at {url} holds no replay ring under key {key!r}; did that run train with "
+                             "algo.replay_backend=redis (and reach its joint stage)?")
+        return cls(int(have), seed=seed, url=url, key=key)
+
     def _where(self) -> str:
         kw = self._redis.connection_pool.connection_kwargs
         return f"redis://{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"

@@ -28,7 +28,7 @@ from rayseq.config import RunConfig, to_dict
 from rayseq.data.tasks import Task, load_task
 from rayseq.errors import TrainingError
 from rayseq.evaluation import corpus_bleu_ids
-from rayseq.metrics import BLEU_TEST, BLEU_VALID, EPOCH_TIME_S, LOSS_ACTOR, LR, TOKENS_PER_S, MetricsWriter, plot_learning_curve
+from rayseq.metrics import BLEU_TEST, BLEU_VALID, EPOCH_TIME_S, LOSS_ACTOR, LR, TOKENS_PER_S, TOKENS_TOTAL, MetricsWriter, plot_learning_curve
 from rayseq.models.seq2seq import Seq2Seq
 from rayseq.registry import get_algorithm
 from rayseq.run_dir import atomic_write_json, prepare_run_dir, write_results
@@ -98,9 +98,10 @@ def _save_checkpoint(algo: Any, run_dir: Path, state: dict[str, Any]) -> None:
     algo.save_to_path(str(tmp.resolve()))
     atomic_write_json(tmp / TRAINER_STATE, state)
     final, old = run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
     if final.exists():
+        shutil.rmtree(old, ignore_errors=True)  # stale: `final` is the last good checkpoint
         os.replace(final, old)
+    # else `old` (if any) is the last good checkpoint (a kill between the renames): keep it until `final` exists
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -183,6 +184,7 @@ def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> d
                         BLEU_VALID: bleu,
                         LR: schedule.lr,
                         TOKENS_PER_S: float(result.get(TOKENS_PER_S, 0.0)),
+                        TOKENS_TOTAL: float(algo.tokens_total),
                         EPOCH_TIME_S: time.perf_counter() - t0,
                     },
                 )

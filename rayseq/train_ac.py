@@ -17,7 +17,6 @@ continues the current one. The test BLEU of the best actor is printed next to th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -40,10 +39,12 @@ from rayseq.metrics import (
     BLEU_VALID,
     EPOCH_TIME_S,
     LR,
+    TOKENS_TOTAL,
     MetricsWriter,
     plot_learning_curve,
 )
 from rayseq.registry import get_algorithm
+from rayseq.replay import run_replay_key
 from rayseq.run_dir import (
     RESULTS_JSON,
     atomic_write_json,
@@ -109,7 +110,11 @@ def _build_ac_algorithm(cfg: RunConfig, task: Task):
 
     from envs.pairs import PairData
     from envs.seqpred import SeqPredConfig, observation_space
-    from rayseq.runtime.ac_learner import ActorCriticRLModule, module_heads, needs_greedy_decode
+    from rayseq.runtime.ac_learner import (
+        ActorCriticRLModule,
+        module_heads,
+        needs_greedy_decode,
+    )
 
     entry = get_algorithm(cfg.algo)
     train_split = task.split("train")
@@ -147,7 +152,7 @@ def _build_ac_algorithm(cfg: RunConfig, task: Task):
     rl_cfg.task, rl_cfg.data_dir, rl_cfg.seed, rl_cfg.log_every = cfg.task, cfg.data_dir, cfg.seed, cfg.log_every
     rl_cfg.schedule, rl_cfg.replay_capacity, rl_cfg.replay_ratio = ac.schedule, ac.replay_capacity, ac.replay_ratio
     rl_cfg.weights_sync_every = ac.weights_sync_every
-    rl_cfg.replay_key = "rayseq:replay:" + hashlib.sha1(str(Path(cfg.out).resolve()).encode()).hexdigest()[:16]
+    rl_cfg.replay_key = run_replay_key(cfg.out)
     rl_cfg.show_progress = sys.stderr.isatty()
     return rl_cfg.build_algo()
 
@@ -251,7 +256,7 @@ def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None
                 schedule.step(start_bleu)
                 best_step = step
                 save_actor(run_dir / ACTOR_FILES["best"], model, task.src_vocab, task.tgt_vocab, {**meta, "step": step, BLEU_VALID: start_bleu})
-                writer.log(step, step / per_epoch, {BLEU_VALID: start_bleu, LR: schedule.lr})
+                writer.log(step, step / per_epoch, {BLEU_VALID: start_bleu, LR: schedule.lr, TOKENS_TOTAL: float(algo.tokens_total)})
                 print(f"[joint stage] start: valid BLEU {start_bleu:.2f} (the MLE actor); {n_joint} updates at most",
                       file=sys.stderr, flush=True)
             while done_j < n_joint and not schedule.should_stop and not collapsed:
@@ -267,7 +272,8 @@ def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None
                     save_actor(run_dir / ACTOR_FILES["best"], model, task.src_vocab, task.tgt_vocab, {**meta, "step": step, BLEU_VALID: bleu})
                 save_actor(run_dir / ACTOR_FILES["latest"], model, task.src_vocab, task.tgt_vocab, {**meta, "step": step, BLEU_VALID: bleu})
                 algo.set_lr(schedule.lr)
-                writer.log(step, step / per_epoch, {BLEU_VALID: bleu, LR: schedule.lr, EPOCH_TIME_S: time.perf_counter() - t0})
+                writer.log(step, step / per_epoch, {BLEU_VALID: bleu, LR: schedule.lr, EPOCH_TIME_S: time.perf_counter() - t0,
+                                                    TOKENS_TOTAL: float(algo.tokens_total)})
                 msg = f"[joint stage] update {done_j}/{n_joint}: valid BLEU {bleu:.2f} (start {start_bleu:.2f}, best {schedule.best:.2f}), actor lr {schedule.lr:g}"
                 if bleu < start_bleu - ac.collapse_margin:
                     collapsed = True

@@ -82,6 +82,29 @@ def load_qnet(spec: str, want: CriticConfig) -> tuple[dict[str, Any], dict[str, 
     return obj["state_dict"], obj.get("meta", {})
 
 
+def open_run_replay(run_dir: str, seed: int = 0) -> Any:
+    """The Redis replay ring of an actor-critic run's joint stage (``algo.qnet_replay=RUN_DIR``): the
+    trajectories its rollout workers sampled, read as extra off-policy data for soft Q-learning."""
+    from rayseq.replay import run_replay_key
+    from rayseq.replay_redis import RedisReplayBuffer
+    from rayseq.run_dir import read_run_json
+
+    try:
+        info = read_run_json(run_dir)
+    except Exception as err:  # noqa: BLE001
+        raise TrainingError(f"algo.qnet_replay={run_dir}: not a run directory ({err}).") from None
+    backend = str((info.get("algo_config") or {}).get("replay_backend", "memory"))
+    if backend == "memory":
+        raise TrainingError(
+            f"algo.qnet_replay={run_dir}: that {info.get('algo')} run kept its replay in memory; train it with "
+            f"algo.replay_backend=redis (or a redis:// URL) so that another job can read its trajectories."
+        )
+    try:
+        return RedisReplayBuffer.open_existing(None if backend == "redis" else backend, run_replay_key(run_dir) + ":joint", seed)
+    except ValueError as err:
+        raise TrainingError(f"algo.qnet_replay={run_dir}: {err}") from None
+
+
 def evaluate_qnet(
     critic: Critic, v: VAMLConfig, task: Task, n: int, max_len: int
 ) -> dict[str, float]:
@@ -134,9 +157,7 @@ def qnet_stage(
         summary.update(evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len))
     else:
         if v.qnet_replay:
-            from rayseq.replay_redis import open_replay  # the durable replay of issue 6
-
-            algo.attach_replay(open_replay(v.qnet_replay))
+            algo.attach_replay(open_run_replay(v.qnet_replay, v.seed))
         n_pairs = len(task.split("train"))
         per_epoch = max(1, math.ceil(n_pairs / v.qnet_batch_size))
         total = math.ceil(v.qnet_epochs * n_pairs / v.qnet_batch_size)

@@ -20,7 +20,7 @@ from rayseq.bench.oracle import (
 )
 
 # Fewer, smaller updates than the defaults (~10 s on one thread); still far inside the bounds.
-SMALL = {"critic_steps": 400, "joint_steps": 300, "batch_size": 32, "progress": False}
+SMALL = {"critic_steps": 400, "joint_steps": 300, "batch_size": 32, "vaml_steps": 300, "progress": False}
 
 KEYS = {
     "critic_q_rmse", "policy_kl_before", "policy_kl_after", "q_scale", "num_states", "tau",
@@ -77,6 +77,13 @@ def test_joint_erac_approaches_the_boltzmann_policy_of_soft_q_star(result: dict)
     gap_before = result["soft_value_optimal"] - result["soft_value_before"]
     gap_after = result["soft_value_optimal"] - result["soft_value_after"]
     assert gap_before > 0.1 and -1e-6 <= gap_after < 0.1 * gap_before
+
+
+def test_vaml_qnet_recovers_q_r_of_proposition_1(result: dict) -> None:
+    """Soft Q-learning (Eq. 16) on corrupted references + exploratory sequences → Q* = Q_R."""
+    assert result["vaml_q_rmse_rel"] < 0.03, result["vaml_q_rmse"]
+    assert result["vaml_q_rmse"] < 0.1 * result["vaml_q_rmse_init"]
+    assert result["vaml_kl"] < 1e-2
 
 
 def test_helpers() -> None:

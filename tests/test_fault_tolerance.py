@@ -1,6 +1,5 @@
 """Fault tolerance, for real: a rollout worker killed mid-training, a driver killed mid-run, a kill
-during a checkpoint write. (Redis-backed GCS fault tolerance is not tested here; see the README
-section "Run on a cluster".)"""
+during a checkpoint write (including the save after one). Redis-backed GCS fault tolerance: tests/test_gcs_ft.py."""
 from __future__ import annotations
 
 import json
@@ -103,13 +102,14 @@ class HalfWritten:
         if mode == "during-save":
             os.kill(os.getpid(), signal.SIGKILL)
 
-if mode == "between-renames":
-    real = os.replace
-    def replace(src, dst):
-        real(src, dst)
-        if str(dst).endswith(".checkpoint.old"):
-            os.kill(os.getpid(), signal.SIGKILL)  # the old one moved aside, the new one not yet in place
-    os.replace = replace
+real = os.replace
+def replace(src, dst):
+    if mode == "before-final-rename" and Path(dst).name == "checkpoint":
+        os.kill(os.getpid(), signal.SIGKILL)  # the next save after a kill between the renames, cut short
+    real(src, dst)
+    if mode == "between-renames" and str(dst).endswith(".checkpoint.old"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the old one moved aside, the new one not yet in place
+os.replace = replace
 train._save_checkpoint(HalfWritten(), run, {"epoch": 99})
 """
 
@@ -126,12 +126,15 @@ def test_killed_driver_resumes_and_a_kill_during_a_checkpoint_write_leaves_the_p
     saved = json.loads((run / "checkpoint" / "trainer_state.json").read_text())
     if saved["epoch"] != 1:
         pytest.fail(f"the driver finished epoch {saved['epoch']} before it was killed; nothing left to resume")
-    # later processes are killed while writing the next checkpoint: mid-write, then between the renames
-    for mode in ("during-save", "between-renames"):
+    # later processes are killed while writing the next checkpoint: mid-write, between the renames, and
+    # (with only `.checkpoint.old` left) the next save right before its new checkpoint is in place
+    for mode in ("during-save", "between-renames", "before-final-rename"):
         killed = subprocess.run([sys.executable, "-c", _DIE_DURING_SAVE, str(run), mode], env=_env(), capture_output=True,
                                 check=False)
         assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
-    assert not (run / "checkpoint").exists() and (run / ".checkpoint.old" / "trainer_state.json").is_file()
+        assert not (run / "checkpoint").exists() or mode == "during-save", mode
+        restorable = run / ("checkpoint" if mode == "during-save" else ".checkpoint.old") / "trainer_state.json"
+        assert json.loads(restorable.read_text())["epoch"] == 1, mode  # the previous checkpoint is still there
 
     resumed = subprocess.run(_train_cmd("--resume", str(run)), env=_env(), capture_output=True, text=True, timeout=900,
                              check=False)

@@ -128,3 +128,16 @@ def test_surrogate_store_is_labelled_and_deterministic(tmp_path: Path) -> None:
     assert sa.removed_caption_ids == sb.removed_caption_ids and len(sa.removed_caption_ids) == 8
     # features carry signal: images with the same caption words get closer features
     assert sorted((tmp_path / "a").glob("captions_karpathy_*.json.gz"))
+
+
+def test_data_commands_on_the_command_line(tmp_path: Path, capsys) -> None:
+    from rayseq.cli import main
+
+    ann = write_tiny_annotations(tmp_path / "ann", (3, 2, 2))
+    assert main(["data", "surrogate-features", "--annotations", str(ann), "--out", str(tmp_path / "coco"), "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "surrogate" and out["images"] == 7 and out["dim"] == FEATURE_DIM
+    assert main(["data", "extract-features", "--images", str(tmp_path / "none"), "--weights", "w.pth", "--out", str(tmp_path / "f")]) == 2
+    assert "--images" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    assert main(["data", "surrogate-features", "--annotations", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "folder not found" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -113,8 +113,14 @@ def test_sac_module_q_heads_and_finite_loss_inputs() -> None:
     from ray.rllib.core.columns import Columns
 
     from rayseq.runtime.swapin_module import (
-        ACTION_LOG_PROBS, ACTION_LOG_PROBS_NEXT, ACTION_PROBS, ACTION_PROBS_NEXT, QF_PREDS, QF_TARGET_NEXT,
-        QF_TWIN_PREDS, SeqSACModule,
+        ACTION_LOG_PROBS,
+        ACTION_LOG_PROBS_NEXT,
+        ACTION_PROBS,
+        ACTION_PROBS_NEXT,
+        QF_PREDS,
+        QF_TARGET_NEXT,
+        QF_TWIN_PREDS,
+        SeqSACModule,
     )
 
     obs, v = _obs_batch()
@@ -209,7 +215,7 @@ def mle_run(tmp_path_factory, ray_session):
 _SMOKE = {
     "ppo": ["algo.minibatch_size=32"],
     "appo": ["algo.rollout_fragment_length=8"],
-    "sac": ["algo.actor_lr=1e-3", "algo.actor_warmup=0", "algo.learning_starts=50"],
+    "sac": ["algo.actor_lr=1e-3", "algo.actor_warmup=0", "algo.learning_starts=50", "algo.rollout_fragment_length=8"],
 }
 """Per-algorithm settings of the smoke runs (only keys the algorithm's config has)."""
 

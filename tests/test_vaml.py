@@ -199,3 +199,55 @@ def test_vaml_toy_run_writes_the_qnet_and_resumes(tmp_path, ray_session) -> None
 
     with pytest.raises(TrainingError, match="qnet_init"):
         train(cfg(tmp_path / "c", f"algo.qnet_init={tmp_path / 'nowhere'}"))
+
+
+@pytest.mark.ray
+def test_qnet_reads_the_redis_replay_of_an_erac_run(tmp_path, ray_session) -> None:
+    """Step 1's optional off-policy data: the trajectories an ERAC job left in its Redis replay."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _cluster_redis import LocalRedis
+
+    from rayseq.algorithms.erac import ERACConfig
+    from rayseq.config import build_run_config, to_dict
+    from rayseq.data.tasks import load_task
+    from rayseq.errors import TrainingError
+    from rayseq.run_dir import prepare_run_dir
+    from rayseq.runtime.vaml import packed_vaml_losses
+    from rayseq.train_ac import _build_ac_algorithm
+    from rayseq.train_vaml import open_run_replay
+
+    server = LocalRedis()
+    try:
+        run = tmp_path / "erac"
+        cfg = build_run_config("erac", ERACConfig, "cpu", "toy", [f"algo.replay_backend={server.url}", "batch_size=10",
+                               "algo.replay_capacity=40"], out=str(run), num_rollout_workers=1, envs_per_worker=8)
+        prepare_run_dir(cfg.out, to_dict(cfg), False)
+        algo = _build_ac_algorithm(cfg, load_task("toy"))
+        try:
+            algo.set_stage("joint")
+            algo.updates_per_iteration = 2
+            algo.train()
+        finally:
+            algo.stop()
+        replay = open_run_replay(str(run))
+        assert len(replay) >= 20
+        episodes = replay.sample(6)
+        v = VAMLConfig(num_corruptions=1)
+        mixed = qnet_episodes([np.array([4])] * 2, [np.array(e.ref) for e in episodes[:2]], v, 20, np.random.default_rng(0))
+        mixed += episodes
+        b = {k: torch.as_tensor(a) for k, a in collate(mixed).items()}
+        module = _module("qnet")
+        module.qnet = type(module.qnet)(type(module.qnet.cfg)(vocab_size=20, emb_dim=8, enc_hidden=4, dec_hidden=8))
+        loss, _ = packed_vaml_losses(module.forward_train(b), b, v, "qnet")
+        assert torch.isfinite(loss)
+
+        memory_run = tmp_path / "erac-mem"
+        cfg2 = build_run_config("erac", ERACConfig, "cpu", "toy", [], out=str(memory_run))
+        prepare_run_dir(cfg2.out, to_dict(cfg2), False)
+        with pytest.raises(TrainingError, match="replay_backend=redis"):
+            open_run_replay(str(memory_run))
+    finally:
+        server.stop()

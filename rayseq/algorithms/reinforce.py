@@ -73,6 +73,9 @@ class REINFORCEConfig:
     """Episodes kept in the replay buffer; None = one batch (on-policy)."""
     replay_ratio: float = 1.0
     """Episodes trained on per episode sampled (async schedule)."""
+    replay_backend: str = "memory"
+    """Where the replay buffer lives: ``memory`` (in the driver), ``redis`` or a ``redis://`` URL
+    (as ``ERACConfig.replay_backend``)."""
     weights_sync_every: int = 1
     """Push the actor's weights to the rollout workers every this many updates."""
     actor_lr_decay: float = 0.9
@@ -110,6 +113,8 @@ class REINFORCEConfig:
             raise ValueError(f"{name}.actor_lr_decay = {self.actor_lr_decay}: must be in (0, 1].")
         if self.schedule not in ("sync", "async"):
             raise ValueError(f"{name}.schedule = {self.schedule!r}: use 'sync' or 'async'.")
+        if not (self.replay_backend in ("memory", "redis") or self.replay_backend.startswith(("redis://", "rediss://", "unix://"))):
+            raise ValueError(f"{name}.replay_backend = {self.replay_backend!r}: use 'memory', 'redis' or a redis:// URL.")
         if self.replay_capacity is not None and self.replay_capacity < 1:
             raise ValueError(f"{name}.replay_capacity = {self.replay_capacity}: must be >= 1 (episodes) or none.")
         for key, low in (("valid_every", 0), ("mle_epochs", 1), ("weights_sync_every", 1), ("max_lr_decays", 0),

@@ -9,7 +9,14 @@ only holds the hyper-parameters a user changes, with their defaults, and checks 
 
 One *iteration* is one ``Algorithm.train()`` call: PPO samples ``train_batch_size`` tokens (env
 steps) and makes ``num_epochs`` passes over them in minibatches; APPO trains asynchronously on
-what its env runners sent; SAC samples and replays ``train_batch_size`` transitions per update.
+what its env runners sent until one ``train_batch_size`` batch was trained on; SAC samples
+``rollout_fragment_length`` tokens per env and makes one update of ``train_batch_size`` replayed
+transitions.
+
+**Defaults are sized for Multi30k on 2 CPU cores** (about 20 minutes per swap-in after the MLE
+stage): each training row re-encodes its source and teacher-forces its prefix (the module is
+stateless, ``rayseq.runtime.swapin_module``), about 13 ms of one core per row with the paper's
+actor; PPO then costs ~(num_epochs + 1) × train_batch_size rows per iteration (≈ 1 min).
 """
 from __future__ import annotations
 
@@ -23,9 +30,9 @@ class SwapInConfig:
     actor_init: str | None = None
     """The MLE-pretrained actor: a run directory or actor file (``rayseq train --algo mle``). None:
     the run trains it first in ``RUN_DIR/mle`` (run-level ``epochs`` = its epochs), as ERAC does."""
-    iterations: int = 200
+    iterations: int = 20
     """Budget: ``Algorithm.train()`` calls (see the module docstring for what one does)."""
-    valid_every_iters: int = 10
+    valid_every_iters: int = 5
     """Validate the actor (BLEU on the valid split) every this many iterations, and at the end."""
     lr: float = 1e-5
     """Adam learning rate of the policy (PPO/APPO: policy and value head; SAC: see actor_lr)."""
@@ -65,11 +72,11 @@ class SwapInConfig:
 class PPOSwapConfig(SwapInConfig):
     """RLlib PPO (Schulman et al. 2017) with GAE; ``ray.rllib.algorithms.ppo.PPOConfig``."""
 
-    train_batch_size: int = 2000
+    train_batch_size: int = 1000
     """Tokens (env steps) sampled per iteration."""
     minibatch_size: int = 250
     """Tokens per SGD minibatch."""
-    num_epochs: int = 4
+    num_epochs: int = 2
     """Passes over each iteration's tokens."""
     clip_param: float = 0.2
     """ε of the clipped surrogate: the ratio π/π_old is clipped to [1 − ε, 1 + ε]."""
@@ -131,8 +138,13 @@ class APPOSwapConfig(SwapInConfig):
 class SACSwapConfig(SwapInConfig):
     """RLlib SAC for discrete actions (Christodoulou 2019) with twin Q heads; ``SACConfig``."""
 
-    train_batch_size: int = 256
+    iterations: int = 80
+    """Budget: ``Algorithm.train()`` calls (one sample call and one update each)."""
+    train_batch_size: int = 128
     """Replayed transitions per update."""
+    rollout_fragment_length: int = 4
+    """Tokens each env samples per iteration (one iteration = one sample call of
+    envs × env runners × this, then one update: replay ratio train_batch_size / that)."""
     actor_lr: float = 1e-5
     """Adam learning rate of the policy (the actor); ``lr`` is unused by SAC."""
     critic_lr: float = 3e-4
@@ -157,7 +169,7 @@ class SACSwapConfig(SwapInConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("train_batch_size", "replay_capacity"):
+        for name in ("train_batch_size", "replay_capacity", "rollout_fragment_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SACSwapConfig.{name}={getattr(self, name)}: must be >= 1.")
         for name in ("learning_starts", "actor_warmup"):

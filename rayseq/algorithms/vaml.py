@@ -59,8 +59,9 @@ class VAMLConfig:
     qnet_init: str | None = None
     """A ``qnet.pt`` of an earlier VAML run (or its run dir): skip step 1 and use that Q-net."""
     qnet_replay: str | None = None
-    """Optional extra off-policy trajectories for step 1: a replay source (``redis://…`` URL of the
-    durable replay an actor-critic job filled), sampled alongside the corrupted references."""
+    """Optional extra off-policy trajectories for step 1: the run dir of an actor-critic job trained
+    with ``algo.replay_backend=redis``; its joint-stage replay is sampled alongside the corrupted
+    references (soft Q-learning is off-policy)."""
     qnet_replay_fraction: float = 0.5
     """With ``qnet_replay``: replayed trajectories per update = this × the corrupted ones."""
     qnet_valid_sentences: int = 200

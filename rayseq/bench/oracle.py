@@ -16,6 +16,11 @@ with the exact answer:
    s and every action w (eos included); ``q_scale`` = max |Q^π|, ``critic_q_rmse_rel`` the ratio;
    ``hard_q_gap`` = RMSE between Q^π with and without the entropy bonus (τ = 0), the error a
    critic ignoring the entropy term would make.
+3. **VAML's Q-net** (§4.1, step 1): a fresh critic network trained by soft Q-learning, Eq. (16)
+   with V of Eq. (10) and the gradient through both Q and V, on VAML's corrupted references plus
+   trajectories of a uniform behaviour policy, must recover Q_R = Q* of Proposition 1:
+   ``vaml_q_rmse`` (over every non-terminal state and action) and ``vaml_kl`` = mean
+   KL(P_QR ‖ P_Qφ), P = softmax(Q/τ).
 2. **joint** ERAC (λ_mle = 0, Eq. 20 as written: ``normalize_logpi_l2=False``), the critic of (1)
    as the pretrained critic: the actor must approach π* = softmax(Q*/τ) = P_QR, Q* =
    ``envs.oracle.soft_q_optimal`` (Proposition 1). ``policy_kl_before`` / ``policy_kl_after`` =
@@ -434,6 +439,8 @@ def _run(cfg: OracleBenchConfig) -> dict:
     torch.manual_seed(cfg.seed + 3)
     qnet = Critic(CriticConfig(vocab_size=vocab, emb_dim=cfg.emb_dim, enc_hidden=cfg.hidden // 2, dec_hidden=cfg.hidden))
     rng = np.random.default_rng(cfg.seed + 3)
+    with torch.no_grad():
+        vaml_rmse_init = table_rmse(b._at_states(b.q_values(qnet, b.state_in)), q_star)
     opt_q, sched_q = _adam(qnet.parameters(), cfg.vaml_lr, (0.9, 0.999), cfg.vaml_steps)
     t_vaml = time.perf_counter()
     bar = tqdm(range(cfg.vaml_steps), desc="oracle: VAML Q-net", unit="step", file=sys.stderr,
@@ -462,6 +469,7 @@ def _run(cfg: OracleBenchConfig) -> dict:
         "soft_value_before": soft_v_policy(q_pi0[root], pi_0[root], cfg.tau),
         "soft_value_after": soft_v_policy(q_pi1[root], pi_1[root], cfg.tau),
         "vaml_q_rmse": table_rmse(q_phi, q_star),
+        "vaml_q_rmse_init": vaml_rmse_init,
         "vaml_q_rmse_rel": table_rmse(q_phi, q_star) / float(max(np.abs(q).max() for q in q_star.values())),
         "vaml_kl": _mean_kl(pi_star, p_qphi),
         "vaml_kl_visited": _mean_kl(pi_star, p_qphi, reach_star),

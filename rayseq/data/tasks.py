@@ -1,4 +1,4 @@
-"""Registry of translation tasks: where their files live, how vocabularies are built.
+"""Registry of tasks: translation (here) and captioning (``rayseq.data.coco``): where their files live, how vocabularies are built.
 
 Adding a task is one ``TaskSpec`` plus one line in ``TASKS``. ``load_task`` finds
 the files, builds both vocabularies from the training split (cached in-process

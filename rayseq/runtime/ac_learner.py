@@ -44,7 +44,12 @@ from rayseq.algorithms.erac import (
     step_masks,
 )
 from rayseq.algorithms.mle import sequence_nll
-from rayseq.algorithms.reinforce import baseline_mse, reinforce_baseline_loss, returns_to_go, scst_loss
+from rayseq.algorithms.reinforce import (
+    baseline_mse,
+    reinforce_baseline_loss,
+    returns_to_go,
+    scst_loss,
+)
 from rayseq.metrics import (
     ENTROPY,
     LOSS_ACTOR,

@@ -52,12 +52,18 @@ from rayseq.metrics import (
     SAMPLE_BLEU,
     SAMPLE_LEN,
     SAMPLE_TOKENS_PER_S,
+    TOKENS_TOTAL,
     TOKENS_PER_S,
     WORKER_RESTARTS,
 )
 from rayseq.replay import make_replay_buffer
 from rayseq.rollout import collate
-from rayseq.runtime.ac_learner import STAGES, ActorCriticLearner, ActorCriticRLModule, typed_objective
+from rayseq.runtime.ac_learner import (
+    STAGES,
+    ActorCriticLearner,
+    ActorCriticRLModule,
+    typed_objective,
+)
 from rayseq.runtime.rollout_runner import SeqRolloutRunner
 
 SCHEDULES = ("sync", "async")
@@ -124,6 +130,8 @@ class ActorCriticAlgorithm(Algorithm):
         super().setup(config)
         _, self.erac = typed_objective(self.config)
         self.num_updates = 0
+        self.tokens_total = 0
+        """Tokens sampled by the rollout workers over the run (the compare plot's x axis)."""
         self.updates_per_iteration = int(self.config.updates_per_iteration)
         """Learner updates per ``train()`` call (the driver may change it between calls)."""
         self.stage = "joint"
@@ -260,6 +268,7 @@ class ActorCriticAlgorithm(Algorithm):
     def _absorb(self, results: list[dict[str, Any]]) -> list:
         episodes = [e for r in results for e in r["episodes"]]
         self._sample_tokens += sum(r["tokens"] for r in results)
+        self.tokens_total += sum(r["tokens"] for r in results)
         self._sample_time += max((r["time_s"] for r in results), default=0.0)
         return episodes
 
@@ -319,6 +328,7 @@ class ActorCriticAlgorithm(Algorithm):
                 out[WORKER_RESTARTS] = float(np.max(window[WORKER_RESTARTS]))
                 out[TOKENS_PER_S] = trained_tokens / elapsed
                 out[SAMPLE_TOKENS_PER_S] = self._sample_tokens / max(self._sample_time, 1e-9)
+                out[TOKENS_TOTAL] = float(self.tokens_total)
                 out["stage"] = self.stage
                 self._train_log.append({"step": self.num_updates, **out})
                 window = {}
@@ -348,12 +358,14 @@ class ActorCriticAlgorithm(Algorithm):
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)
         state["rayseq_num_updates"] = self.num_updates
+        state["rayseq_tokens_total"] = self.tokens_total
         state["rayseq_stage"] = self.stage
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         self.num_updates = int(state.get("rayseq_num_updates", self.num_updates))
+        self.tokens_total = int(state.get("rayseq_tokens_total", self.tokens_total))
         if state.get("rayseq_stage", self.stage) != self.stage:
             self.set_stage(state["rayseq_stage"])
 

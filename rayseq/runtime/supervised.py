@@ -22,7 +22,7 @@ from tqdm import tqdm
 from rayseq.algorithms.raml import RAMLConfig
 from rayseq.algorithms.supervised_rows import mle_rows, raml_rows
 from rayseq.data.batching import bucket_batches
-from rayseq.metrics import LOSS_ACTOR, TOKENS_PER_S
+from rayseq.metrics import LOSS_ACTOR, TOKENS_PER_S, TOKENS_TOTAL
 from rayseq.runtime.actor_module import ActorRLModule
 from rayseq.runtime.learner import SupervisedSeqLearner
 
@@ -85,6 +85,8 @@ class SupervisedSeqAlgorithm(Algorithm):
         self._vocab_size = len(task.tgt_vocab)
         self._epoch = 0
         self.num_updates = 0
+        self.tokens_total = 0
+        """Target tokens trained on over the run (the compare plot's x axis)."""
         self._train_log: list[dict[str, Any]] = []
         self._raml = RAMLConfig(**self.config.objective_config) if self.config.objective == "raml" else None
 
@@ -116,13 +118,16 @@ class SupervisedSeqAlgorithm(Algorithm):
             results = self.learner_group.update(batch=batch, timesteps={})
             self.metrics.aggregate(results, key=LEARNER_RESULTS)
             window.append(np.mean([r[DEFAULT_MODULE_ID][loss_key].peek() for r in results]))
-            tokens += int((rows["tgt_out" if "tgt_out" in rows else "actions"] != 0).sum())
+            n_tok = int((rows["tgt_out" if "tgt_out" in rows else "actions"] != 0).sum())
+            tokens += n_tok
+            self.tokens_total += n_tok
             self.num_updates += 1
             if self.num_updates % cfg.log_every == 0:
                 loss, window = float(np.mean(window)), []  # mean over the last log_every updates
                 tok_s = tokens / (time.perf_counter() - t0)
                 at = epoch + (i + 1) / len(batches)
-                self._train_log.append({"step": self.num_updates, "epoch": at, loss_key: loss, TOKENS_PER_S: tok_s})
+                self._train_log.append({"step": self.num_updates, "epoch": at, loss_key: loss, TOKENS_PER_S: tok_s,
+                                        TOKENS_TOTAL: float(self.tokens_total)})
                 if not cfg.show_progress:
                     print(f"{desc} step {self.num_updates}: {loss_key} {loss:.3f}, {tok_s:.0f} tokens/s", file=sys.stderr, flush=True)
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
@@ -153,9 +158,11 @@ class SupervisedSeqAlgorithm(Algorithm):
         state = super().get_state(*args, **kwargs)
         state["rayseq_epoch"] = self._epoch
         state["rayseq_num_updates"] = self.num_updates
+        state["rayseq_tokens_total"] = self.tokens_total
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         self._epoch = int(state.get("rayseq_epoch", self._epoch))
         self.num_updates = int(state.get("rayseq_num_updates", self.num_updates))
+        self.tokens_total = int(state.get("rayseq_tokens_total", self.tokens_total))

@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from rayseq.algorithms.swapins import APPOSwapConfig, PPOSwapConfig, SACSwapConfig, SwapInConfig
+from rayseq.algorithms.swapins import (
+    APPOSwapConfig,
+    PPOSwapConfig,
+    SACSwapConfig,
+    SwapInConfig,
+)
 from rayseq.config import RunConfig
 from rayseq.data.tasks import Task
 from rayseq.runtime.swapin_module import (
@@ -92,6 +97,7 @@ def _sac(rl_cfg: Any, sw: SACSwapConfig) -> None:
         training_intensity=sw.training_intensity,
         replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": sw.replay_capacity, "alpha": 0.6, "beta": 0.4},
     )
+    rl_cfg.env_runners(rollout_fragment_length=sw.rollout_fragment_length)
 
 
 _CONFIGURE = {PPOSwapConfig: _ppo, APPOSwapConfig: _appo, SACSwapConfig: _sac}

@@ -36,6 +36,15 @@ import dataclasses
 from typing import Any
 
 import torch
+from ray.rllib.algorithms.sac.sac_learner import (  # the keys SAC's learner reads from forward_train
+    ACTION_LOG_PROBS,
+    ACTION_LOG_PROBS_NEXT,
+    ACTION_PROBS,
+    ACTION_PROBS_NEXT,
+    QF_PREDS,
+    QF_TARGET_NEXT,
+    QF_TWIN_PREDS,
+)
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.rl_module.apis import (
@@ -56,17 +65,6 @@ INIT_ACTOR = "init_actor"
 """``model_config`` key: actor file to load in ``setup`` (None: random initialisation)."""
 HEAD_HIDDEN = "head_hidden"
 """``model_config`` key: hidden width of the value / Q heads' MLP."""
-
-# SAC's forward_train keys (ray.rllib.algorithms.sac.sac_learner; not re-exported elsewhere).
-from ray.rllib.algorithms.sac.sac_learner import (  # noqa: E402
-    ACTION_LOG_PROBS,
-    ACTION_LOG_PROBS_NEXT,
-    ACTION_PROBS,
-    ACTION_PROBS_NEXT,
-    QF_PREDS,
-    QF_TARGET_NEXT,
-    QF_TWIN_PREDS,
-)
 
 _SEQ2SEQ_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqConfig)}
 
