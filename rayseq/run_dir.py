@@ -40,6 +40,8 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "log_every",
     "algo_config.joint_epochs",  # actor-critic: how long the stages run
     "algo_config.critic_pretrain_epochs",
+    "algo_config.iterations",  # swap-ins: how many RLlib iterations
+    "algo_config.qnet_epochs",  # VAML: how long step 1 runs
     "num_rollout_workers",  # how the same run is spread over processes
     "envs_per_worker",
     "num_learners",

@@ -41,6 +41,7 @@ from rayseq.metrics import (
     LOSS_CRITIC_TD,
     LOSS_VALUE,
     TOKENS_PER_S,
+    TOKENS_TOTAL,
     MetricsWriter,
     plot_learning_curve,
 )
@@ -51,7 +52,7 @@ from rayseq.train_ac import STAGES_JSON, _mle_stage
 
 SAMPLE_RETURN = "sample/return"
 """Mean return of the episodes sampled in the iteration (Σ BLEU increments, × |y*| by default)."""
-SAMPLED_TOKENS = "sample/tokens_total"
+SAMPLED_TOKENS = TOKENS_TOTAL  # the shared name (the compare plot reads it)
 """Env steps (tokens) sampled since the start of the RL stage."""
 
 
@@ -131,7 +132,7 @@ def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = Non
                 start_bleu = best = validate(model, task, cfg)
                 best_it = 0
                 save_actor(run_dir / ACTOR_FILES["best"], model, task.src_vocab, task.tgt_vocab, {**meta, "step": 0, BLEU_VALID: best})
-                writer.log(0, 0.0, {BLEU_VALID: start_bleu})
+                writer.log(0, 0.0, {BLEU_VALID: start_bleu, SAMPLED_TOKENS: 0.0})
                 print(f"[{cfg.algo}] start: valid BLEU {start_bleu:.2f} (the MLE actor); {sw.iterations} iterations",
                       file=sys.stderr, flush=True)
             t_chunk = time.perf_counter()
@@ -151,7 +152,8 @@ def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = Non
                     best, best_it = bleu, it
                     save_actor(run_dir / ACTOR_FILES["best"], model, task.src_vocab, task.tgt_vocab, {**meta, "step": it, BLEU_VALID: bleu})
                 save_actor(run_dir / ACTOR_FILES["latest"], model, task.src_vocab, task.tgt_vocab, {**meta, "step": it, BLEU_VALID: bleu})
-                writer.log(it, episodes / num_pairs, {BLEU_VALID: bleu, EPOCH_TIME_S: time.perf_counter() - t_chunk})
+                writer.log(it, episodes / num_pairs, {BLEU_VALID: bleu, EPOCH_TIME_S: time.perf_counter() - t_chunk,
+                                                      SAMPLED_TOKENS: rec.get(SAMPLED_TOKENS, 0.0)})
                 print(f"[{cfg.algo}] iteration {it}/{sw.iterations}: valid BLEU {bleu:.2f} (start {start_bleu:.2f}, "
                       f"best {best:.2f} at {best_it}); {', '.join(f'{k} {v:.3g}' for k, v in rec.items())}",
                       file=sys.stderr, flush=True)

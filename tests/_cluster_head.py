@@ -1,8 +1,14 @@
 """Test helper: a real local Ray head (``ray start --head --block``) in its own temp dir and ports.
 
-Started as a subprocess and stopped by its PID (SIGTERM to the ``ray start --block`` process,
-which takes its raylet, GCS and dashboard down with it) — never ``ray stop``, which would kill every
-Ray process on the machine. Token auth is on (``RAY_AUTH_MODE=token``) when a token exists.
+Started as a subprocess in a new process group and stopped by that group's id (SIGTERM, then
+SIGKILL, to the ``ray start`` process and the raylet, GCS and dashboard it started, which stay in its
+group) — never ``ray stop``, which would kill every Ray process on the machine. Token auth is on
+(``RAY_AUTH_MODE=token``) when a token exists.
+
+``block=False`` runs ``ray start`` without ``--block`` (as on a real head): it exits once the head is
+up and the daemons live on, so one of them (the GCS) can be killed and restarted
+(:meth:`LocalHead.daemon_pids`, :meth:`LocalHead.restart`), which ``--block`` would answer by
+killing the whole head.
 """
 from __future__ import annotations
 
@@ -37,14 +43,14 @@ class LocalHead:
     """One ``ray start --head`` on 127.0.0.1 (see module doc)."""
 
     def __init__(self, num_cpus: int = 2, env: dict[str, str] | None = None, args: list[str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, block: bool = True) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="rsh-", dir="/tmp")  # short: unix socket paths
         self.port = port or free_port()
         self.dashboard_port = free_port()
         self.env = ray_env(env)
         ray_bin = str(Path(sys.executable).with_name("ray"))
         self.cmd = [
-            ray_bin, "start", "--head", "--block", f"--temp-dir={self.temp_dir}", f"--port={self.port}",
+            ray_bin, "start", "--head", *(["--block"] if block else []), f"--temp-dir={self.temp_dir}", f"--port={self.port}",
             "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
@@ -54,8 +60,19 @@ class LocalHead:
             "--disable-usage-stats", *(args or []),
         ]
         self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
+        self._restarted: list[subprocess.Popen] = []
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        self.pgid = self.proc.pid  # the group of `ray start` and every daemon it starts
+        if not block:
+            try:
+                rc = self.proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc != 0:
+                log = self.log_text()[-3000:]
+                self.stop()
+                raise RuntimeError(f"ray start --head exited with {rc}:\n{log}")
 
     @property
     def address(self) -> str:
@@ -84,22 +101,72 @@ class LocalHead:
                 time.sleep(0.5)
         raise RuntimeError(f"no job server at {self.dashboard_url} after {timeout_s}s:\n{self.log_text()[-3000:]}")
 
-    def stop(self) -> None:
-        """SIGTERM to the head's process group (all processes it started), SIGKILL if it lingers."""
-        if self.proc.poll() is None:
+    def daemon_pids(self, name: str) -> list[int]:
+        """PIDs of this head's live processes (its process group, restarted daemons) called ``name``
+        (at most 15 characters: the kernel's ``comm``)."""
+        restarted = {p.pid for p in self._restarted}
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
-        # daemons the head spawned in its session (raylet, gcs_server, dashboard, workers)
+                stat = (entry / "stat").read_text()
+                comm, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+                if comm == name and state != "Z" and (os.getpgid(pid) == self.pgid or pid in restarted):
+                    pids.append(pid)
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+        return pids
+
+    def restart(self, cmdline: list[str], environ: dict[str, str], cwd: str) -> subprocess.Popen:
+        """Start a process again with the command line, environment and cwd it had (read from /proc);
+        :meth:`stop` ends it too (by its PID: it cannot join the head's group from another session)."""
+        log = open(Path(self.temp_dir) / f"restarted_{Path(cmdline[0]).name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(cmdline, env=environ, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        self._restarted.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        """SIGTERM to the head's process group (all processes it started) and to restarted daemons,
+        SIGKILL if they linger."""
+        for proc in self._restarted:
+            if proc.poll() is None:
+                proc.terminate()
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 10  # daemons (raylet, gcs_server, dashboard, workers) end on SIGTERM
+        while time.monotonic() < deadline and _group_alive(self.pgid):
+            time.sleep(0.2)
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for proc in self._restarted:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in [self.proc, *self._restarted]:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

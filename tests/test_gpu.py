@@ -48,3 +48,43 @@ def test_erac_learner_updates_on_the_gpu(tmp_path) -> None:
     assert cfg.resolved_num_gpus_per_learner() == 1.0
     results = train(cfg)
     assert results["joint_updates"] > 0 and 0.0 <= results["test"]["bleu"] <= 100.0
+
+
+@cuda
+@pytest.mark.parametrize("stage", ["qnet", "actor"])
+def test_vaml_packed_losses_on_cuda_equal_cpu(stage: str) -> None:
+    import numpy as np
+
+    from rayseq.algorithms.supervised_rows import qnet_episodes, vaml_actor_rows
+    from rayseq.algorithms.vaml import VAMLConfig
+    from rayseq.rollout import collate
+    from rayseq.runtime.vaml import packed_vaml_losses
+    from test_vaml import _module
+
+    v = VAMLConfig(num_corruptions=2, num_samples=2, mix_mode="expected")
+    rng = np.random.default_rng(0)
+    refs = [np.array([4, 5, 6, 7]), np.array([9, 10])]
+    if stage == "qnet":
+        cols = collate(qnet_episodes([np.array([4, 5])] * 2, refs, v, 14, rng))
+    else:
+        cols = vaml_actor_rows([np.array([4, 5, 6]), np.array([7, 8])], refs, v, 14, rng)
+    b = {k: torch.as_tensor(a) for k, a in cols.items()}
+    module = _module(stage)
+    cpu_loss, _ = packed_vaml_losses(module.forward_train(b), b, v, stage)
+    module = module.cuda()
+    bc = {k: t.cuda() for k, t in b.items()}
+    gpu_loss, _ = packed_vaml_losses(module.forward_train(bc), bc, v, stage)
+    assert math.isclose(float(cpu_loss.detach()), float(gpu_loss.detach().cpu()), rel_tol=1e-4)
+
+
+@cuda
+@pytest.mark.ray
+def test_vaml_learner_on_the_gpu(tmp_path) -> None:
+    from rayseq.algorithms.vaml import VAMLConfig
+    from rayseq.config import build_run_config
+    from rayseq.train import train
+
+    cfg = build_run_config("vaml", VAMLConfig, "cpu", "toy", ["epochs=1", "algo.qnet_epochs=0.5"], out=str(tmp_path / "vaml"))
+    assert cfg.resolved_num_gpus_per_learner() == 1.0
+    results = train(cfg)
+    assert results["qnet"]["updates"] == 30 and 0.0 <= results["test"]["bleu"] <= 100.0

@@ -55,6 +55,8 @@ class CompareConfig:
     """The task's data dir (IWSLT14, COCO)."""
     address: str | None = None
     """A Ray cluster to join for every run (default: a private in-process Ray per run)."""
+    report_only: bool = False
+    """Train nothing: tabulate the runs that have ``results.json``; the others show as not run."""
 
     def __post_init__(self) -> None:
         from rayseq.registry import ALGORITHMS
@@ -116,6 +118,9 @@ def _run_one(cc: CompareConfig, algo: str, seed: int, run_dir: Path, actor_init:
         if results_file.is_file():
             results = json.loads(results_file.read_text(encoding="utf-8"))
             rec["reused"] = True
+        elif cc.report_only:
+            rec.update(status="failed", error="not run (no results.json; --report-only)")
+            return rec
         else:
             overrides = _overrides_for(cc, algo) + [f"seed={seed}"]
             if actor_init is not None:
@@ -134,7 +139,7 @@ def _run_one(cc: CompareConfig, algo: str, seed: int, run_dir: Path, actor_init:
     rec.update(
         status="ok",
         test_bleu=float(results["test"]["bleu"]),
-        valid_bleu=float(results.get(BLEU_VALID) or float("nan")),
+        valid_bleu=float("nan") if results.get(BLEU_VALID) is None else float(results[BLEU_VALID]),
         wall_time_s=float(results.get("wall_time_s", float("nan"))),
         collapsed=bool(results.get("collapsed", False)),
         surrogate=bool(results.get("surrogate", False) or results.get("test", {}).get("surrogate", False)),
@@ -216,6 +221,8 @@ def render_table(cc: CompareConfig, rows: list[dict[str, Any]], records: list[di
                 f"| {row['algo']} | {row['ok']}/{row['runs']} | {t['mean']:.2f} ± {t['std']:.2f} | {t['min']:.2f} | {t['max']:.2f} | "
                 f"{row['valid_bleu']['mean']:.2f} | {row['wall_time_s']['mean'] / 60:.1f} | {'; '.join(notes)} |"
             )
+        elif row["runs"] == 0:
+            lines.append(f"| {row['algo']} | 0/0 | (not run yet) | | | | | |")
         else:
             lines.append(f"| {row['algo']} | 0/{row['runs']} | failed | | | | | {'; '.join(notes)} |")
     inits = sorted({r['actor_init'] for r in records if r.get('actor_init')})
@@ -296,6 +303,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-seed", type=int, default=1234)
     p.add_argument("--data-dir")
     p.add_argument("--address", help="Ray cluster to join for every run")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs already in --out")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[ALGO:]key=value",
                    help="a setting for every run (or one algorithm's); repeatable")
 
@@ -304,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     cc = CompareConfig(
         task=args.task, algos=[a.strip() for a in args.algos.split(",") if a.strip()], seeds=args.seeds, preset=args.preset,
         out=args.out or "", overrides=list(args.overrides), base_seed=args.base_seed, data_dir=args.data_dir,
-        address=args.address,
+        address=args.address, report_only=args.report_only,
     )
     report = run_compare(cc)
     print(Path(cc.out, COMPARE_MD).read_text(encoding="utf-8"))

@@ -114,7 +114,11 @@ def build_swapin_algorithm(cfg: RunConfig, task: Task, init_actor: str | None) -
     register_seq_env()
     model_config = asdict(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
     model_config.update({INIT_ACTOR: init_actor, HEAD_HIDDEN: sw.head_hidden})
-    env_config = {"task": cfg.task, "data_dir": cfg.data_dir, "len_slack": sw.sample_len_slack, "max_len": sw.max_sample_len}
+    from envs import CAPTIONING_ID, TRANSLATION_ID
+
+    env_id = CAPTIONING_ID if len(task.src_vocab) == 0 else TRANSLATION_ID  # image features as sources
+    env_config = {"env": env_id, "task": cfg.task, "data_dir": cfg.data_dir, "len_slack": sw.sample_len_slack,
+                  "max_len": sw.max_sample_len}
     rl_cfg = (
         get_algorithm(cfg.algo)
         .algorithm_cls()

@@ -254,7 +254,7 @@ class VAMLAlgorithm(SupervisedSeqAlgorithm):
             rng = np.random.default_rng((v.seed, epoch, pos, 2))
             before = self.num_updates
             tok_s = self._updates(
-                batches, lambda src, tgt: self._qnet_rows(src, tgt, rng), epoch + pos / per_epoch,
+                batches, lambda src, tgt, rng=rng: self._qnet_rows(src, tgt, rng), epoch + pos / per_epoch,
                 f"Q-net epoch {epoch + 1}", loss_key=LOSS_CRITIC_TD,
             )
             self.qnet_updates += self.num_updates - before

@@ -1,0 +1,67 @@
+#!/bin/bash
+# A GPU lease in two short commands (the machine stays warm between them):
+#   rayseq/bench/device_compare.sh setup     # install the carried wheels, GPU tests, the MLE run
+#   rayseq/bench/device_compare.sh compare   # every other algorithm from that MLE actor, in parallel
+# Carry: .whl (ray-2.60.0 without its Java jars + the rllib deps missing from the CUDA image).
+# Work happens in /tmp/rayseq-cmp; $OUT gets the table, the plot, compare.json and each run's
+# results.json / metrics.jsonl / curve.png (checkpoints and actor files stay behind: too big).
+set -u
+OUT=${OUT:-device_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled PYTHONPATH=/tmp/site:$PWD
+W=/tmp/rayseq-cmp
+EPOCHS=${EPOCHS:-5}
+ALGOS=${ALGOS:-mle,raml,vaml,ac,erac,scst,mixer,ppo,appo,sac}
+GROUPS_=${GROUPS_:-"raml vaml ac,erac scst,mixer ppo,appo sac"}
+COMMON=(--task multi30k --preset cpu --set "epochs=$EPOCHS" --set "vaml:algo.qnet_epochs=2")
+t0=$(date +%s)
+say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/timeline.txt"; }
+
+collect() {  # the small outputs of every comparison dir under $W
+  for d in "$W"/*/; do
+    n=$(basename "$d"); mkdir -p "$OUT/$n"
+    cp "$d"/compare.* "$OUT/$n/" 2>/dev/null
+    for r in "$d"/*-seed*/; do
+      rn=$(basename "$r"); mkdir -p "$OUT/$n/$rn"
+      cp "$r"/results.json "$r"/metrics.jsonl "$r"/curve.png "$r"/run.json "$r"/compare_error.txt "$OUT/$n/$rn/" 2>/dev/null
+    done
+  done
+}
+
+if [ "${1:-}" = setup ]; then
+  python3 - <<'PY'
+import os, zipfile
+z = zipfile.ZipFile(".whl/ray-2.60.0-nojars.zip")
+for info in z.infolist():  # extract, keeping the executable bits (raylet, gcs_server)
+    path = z.extract(info, "/tmp/site")
+    mode = info.external_attr >> 16
+    if mode:
+        os.chmod(path, mode & 0o777)
+PY
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+  python3 -c "import ray, torch; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
+  say setup done
+  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -8 | tee "$OUT/gpu_tests.txt"
+  say gpu tests done
+  mkdir -p "$W/base"
+  python3 -m rayseq.cli compare "${COMMON[@]}" --algos mle --out "$W/base" > "$OUT/base.log" 2>&1
+  say mle done
+  collect
+elif [ "${1:-}" = compare ]; then
+  i=0; pids=()
+  for g in $GROUPS_; do
+    i=$((i + 1)); d="$W/g$i"; mkdir -p "$d"; cp -r "$W/base/mle-seed1234" "$d/"
+    ( python3 -m rayseq.cli compare "${COMMON[@]}" --algos "$g" --out "$d" > "$OUT/g$i-$g.log" 2>&1; say "group $g done" ) &
+    pids+=($!)
+  done
+  ( sleep "${BUDGET_S:-420}"; say "budget reached: stopping the groups"; pkill -f "rayseq.cli compare" ) &
+  killer=$!
+  wait "${pids[@]}"
+  kill $killer 2>/dev/null
+  mkdir -p "$W/all"
+  for r in "$W"/base/*-seed*/ "$W"/g*/*-seed*/; do [ -f "$r/results.json" ] && cp -r "$r" "$W/all/" 2>/dev/null; done
+  python3 -m rayseq.cli compare "${COMMON[@]}" --algos "$ALGOS" --out "$W/all" --report-only > "$OUT/all.log" 2>&1
+  say combined
+  collect
+fi
+say end
