@@ -123,6 +123,11 @@ class RunConfig:
     """Remote learner processes; 0 = one learner inside the driver process."""
     num_gpus_per_learner: float | None = None
     """GPUs per learner; None = auto (1 if ``torch.cuda.is_available()`` else 0, at run time)."""
+    learner_resource: str | None = None
+    """A custom Ray resource each remote learner requests (0.001 of it), placing learners on the nodes
+    that advertise it: ``accelerator_type:A10G`` (Ray adds it to GPU nodes), or a resource from
+    ``ray start --resources`` / a launcher node type's ``resources`` (``gpu_learner`` in
+    clusters/local.yaml). Needs ``num_learners >= 1``; None: no constraint."""
     num_rollout_workers: int = 2
     """Remote rollout workers sampling from the actor (RL algorithms); 0 = sample in the driver."""
     envs_per_worker: int = 64
@@ -180,6 +185,11 @@ class RunConfig:
             )
         if self.envs_per_worker < 1:
             raise ConfigError(f"RunConfig.envs_per_worker={self.envs_per_worker}: must be >= 1.")
+        if self.learner_resource is not None and (not self.learner_resource.strip() or self.num_learners < 1):
+            raise ConfigError(
+                f"RunConfig.learner_resource={self.learner_resource!r} with num_learners={self.num_learners}: "
+                "name a Ray resource and set num_learners >= 1 (a learner in the driver cannot be placed)."
+            )
         if self.num_gpus_per_learner is not None and not (
             math.isfinite(self.num_gpus_per_learner) and self.num_gpus_per_learner >= 0
         ):
@@ -198,6 +208,10 @@ class RunConfig:
                         f"RunConfig.{run_name}={run_value!r} but {cls}.{algo_name}={algo_value!r}: "
                         f"they must match; set {run_name} only (build_run_config copies it)."
                     )
+
+    def custom_resources_per_learner(self) -> dict[str, float]:
+        """RLlib's ``custom_resources_per_learner`` for ``learner_resource``."""
+        return {} if self.learner_resource is None else {self.learner_resource: 0.001}
 
     def resolved_num_gpus_per_learner(self) -> float:
         """``num_gpus_per_learner``, with None (auto) resolved on this machine."""

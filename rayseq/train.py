@@ -72,7 +72,8 @@ def _build_algorithm(cfg: RunConfig, task: Task):
             action_space=spaces.Discrete(len(task.tgt_vocab)),
         )
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_class, model_config=model_config))
-        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner())
+        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner(),
+                  custom_resources_per_learner=cfg.custom_resources_per_learner())
         .debugging(seed=cfg.seed)
     )
     rl_cfg.lr = cfg.algo_config.lr

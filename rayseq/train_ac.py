@@ -79,6 +79,7 @@ def _mle_run_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
     return build_run_config(
         "mle", MLEConfig, cfg.preset, cfg.task, overrides, out=str(run_dir / MLE_DIR), data_dir=cfg.data_dir,
         num_learners=cfg.num_learners, num_gpus_per_learner=cfg.num_gpus_per_learner,
+        learner_resource=cfg.learner_resource,
     )
 
 
@@ -143,7 +144,8 @@ def _build_ac_algorithm(cfg: RunConfig, task: Task):
         # request; the sync schedule re-samples its share meanwhile (ActorCriticAlgorithm._sample_sync)
         .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=1000,
                          env_runner_health_probe_timeout_s=30.0)
-        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner())
+        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner(),
+                  custom_resources_per_learner=cfg.custom_resources_per_learner())
         # critic pretraining gives the actor no gradient: DDP (num_learners > 1) must allow that
         .framework(torch_ddp_kwargs={"find_unused_parameters": True})
         .debugging(seed=cfg.seed)

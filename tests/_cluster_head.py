@@ -12,6 +12,7 @@ killing the whole head.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -160,6 +161,33 @@ class LocalHead:
                 pass
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class LocalWorker(LocalHead):
+    """One worker node (``ray start --address=HEAD --block``) joining ``head``: its own temp dir,
+    ports and resources (e.g. ``num_gpus=1``: a node that advertises a GPU, CUDA or not; custom
+    ``resources``);
+    stopped like the head (its process group)."""
+
+    def __init__(self, head: LocalHead, num_cpus: int = 1, num_gpus: int = 0,
+                 resources: dict[str, float] | None = None) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="rsw-", dir="/tmp")
+        self.env = head.env
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        self.cmd = [
+            ray_bin, "start", f"--address={head.address}", "--block", f"--temp-dir={self.temp_dir}",
+            "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats",
+            *([f"--resources={json.dumps(resources)}"] if resources else []),
+        ]
+        self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
+        self._restarted = []
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.pgid = self.proc.pid
 
 
 def _group_alive(pgid: int) -> bool:

@@ -74,8 +74,8 @@ class CompareConfig:
             if "=" not in item:
                 raise ValueError(f"compare: override {item!r} is not key=value (or ALGO:key=value).")
             scope = item.split("=", 1)[0].split(":", 1)
-            if len(scope) == 2 and scope[0] not in self.algos:
-                raise ValueError(f"compare: override {item!r} is for {scope[0]!r}, which is not in --algos.")
+            if len(scope) == 2 and scope[0] not in ALGORITHMS:
+                raise ValueError(f"compare: override {item!r} is for {scope[0]!r}, which is not a registered algorithm.")
         if not self.out:
             self.out = str(Path("runs") / f"compare-{self.task}-{self.preset}")
 

@@ -129,7 +129,8 @@ def build_swapin_algorithm(cfg: RunConfig, task: Task, init_actor: str | None) -
             num_envs_per_env_runner=cfg.envs_per_worker,
             gym_env_vectorize_mode="vector_entry_point",
         )
-        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner())
+        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner(),
+                  custom_resources_per_learner=cfg.custom_resources_per_learner())
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, model_config=model_config))
         .training(gamma=sw.gamma, grad_clip=sw.grad_clip, grad_clip_by="global_norm")
         .debugging(seed=cfg.seed)
