@@ -28,7 +28,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from envs.rewards import SCALES, SMOOTH_METHODS, prefix_bleu, prefix_bleu_batch, reward_scale, sentence_bleu
+from envs.rewards import (
+    SCALES,
+    SMOOTH_METHODS,
+    prefix_bleu,
+    prefix_bleu_batch,
+    reward_scale,
+    sentence_bleu,
+)
 
 EOS = 3
 BOS = 2

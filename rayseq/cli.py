@@ -50,23 +50,28 @@ def _run_bench(args: argparse.Namespace) -> int:
         from rayseq.registry import ACTOR_CRITIC, get_algorithm
 
         if get_algorithm(args.algo).kind == ACTOR_CRITIC:
-            from rayseq.bench.train_ac import ACTrainBenchConfig, run as run_ac
+            from rayseq.bench.train_ac import ACTrainBenchConfig
+            from rayseq.bench.train_ac import run as run_ac
 
             result = run_ac(ACTrainBenchConfig(algo=args.algo, batches=args.batches, batch_size=args.batch_size))
         else:
-            from rayseq.bench.train import TrainBenchConfig, run as run_train
+            from rayseq.bench.train import TrainBenchConfig
+            from rayseq.bench.train import run as run_train
 
             result = run_train(TrainBenchConfig(algo=args.algo, batches=args.batches, batch_size=args.batch_size))
     elif args.bench == "oracle":
-        from rayseq.bench.oracle import OracleBenchConfig, run as run_oracle
+        from rayseq.bench.oracle import OracleBenchConfig
+        from rayseq.bench.oracle import run as run_oracle
 
         result = run_oracle(OracleBenchConfig(seed=args.seed))
     elif args.bench == "rollout":
-        from rayseq.bench.rollout import RolloutBenchConfig, run as run_rollout
+        from rayseq.bench.rollout import RolloutBenchConfig
+        from rayseq.bench.rollout import run as run_rollout
 
         result = run_rollout(RolloutBenchConfig(envs=args.envs, seconds=args.seconds))
     elif args.bench == "replay":
-        from rayseq.bench.replay import ReplayBenchConfig, run as run_replay
+        from rayseq.bench.replay import ReplayBenchConfig
+        from rayseq.bench.replay import run as run_replay
 
         result = run_replay(ReplayBenchConfig(episodes=args.episodes, batch=args.batch, url=args.url))
     else:

@@ -28,7 +28,17 @@ from rayseq.config import RunConfig, to_dict
 from rayseq.data.tasks import Task, load_task
 from rayseq.errors import TrainingError
 from rayseq.evaluation import corpus_bleu_ids
-from rayseq.metrics import BLEU_TEST, BLEU_VALID, EPOCH_TIME_S, LOSS_ACTOR, LR, TOKENS_PER_S, TOKENS_TOTAL, MetricsWriter, plot_learning_curve
+from rayseq.metrics import (
+    BLEU_TEST,
+    BLEU_VALID,
+    EPOCH_TIME_S,
+    LOSS_ACTOR,
+    LR,
+    TOKENS_PER_S,
+    TOKENS_TOTAL,
+    MetricsWriter,
+    plot_learning_curve,
+)
 from rayseq.models.seq2seq import Seq2Seq
 from rayseq.registry import get_algorithm
 from rayseq.run_dir import atomic_write_json, prepare_run_dir, write_results

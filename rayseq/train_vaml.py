@@ -28,7 +28,12 @@ import torch
 
 from rayseq.algorithms.erac import step_masks
 from rayseq.algorithms.supervised_rows import qnet_episodes
-from rayseq.algorithms.vaml import VAMLConfig, soft_max_value, soft_q_loss, soft_q_target
+from rayseq.algorithms.vaml import (
+    VAMLConfig,
+    soft_max_value,
+    soft_q_loss,
+    soft_q_target,
+)
 from rayseq.config import RunConfig
 from rayseq.data.tasks import Task
 from rayseq.errors import TrainingError

@@ -15,7 +15,14 @@ from envs.pairs import toy_pairs
 from envs.seqpred import SeqPredConfig
 from envs.vector import SeqPredVectorEnv
 from rayseq.algorithms.erac import (
-    ERACConfig, critic_loss, erac_actor_loss, gather_actions, policy_log_probs, soft_td_target, soft_value, step_masks,
+    ERACConfig,
+    critic_loss,
+    erac_actor_loss,
+    gather_actions,
+    policy_log_probs,
+    soft_td_target,
+    soft_value,
+    step_masks,
 )
 from rayseq.config import ConfigError, build_run_config
 from rayseq.models.seq2seq import Seq2SeqConfig
@@ -92,11 +99,10 @@ def test_critic_stage_gives_the_actor_no_gradient() -> None:
 
 
 def test_inference_only_module_has_the_actor_alone() -> None:
+    from gymnasium import spaces
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from rayseq.runtime.ac_learner import ActorCriticRLModule
-
-    from gymnasium import spaces
 
     mc = dataclasses.asdict(Seq2SeqConfig(src_vocab_size=10, tgt_vocab_size=10, emb_dim=8, enc_hidden=4, dec_hidden=8))
     sp = {"observation_space": spaces.Box(0, 9, (3,)), "action_space": spaces.Discrete(10)}

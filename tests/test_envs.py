@@ -7,7 +7,13 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs import SeqPredConfig, SeqPredEnv, SeqPredVectorEnv, toy_pairs, translation_pairs
+from envs import (
+    SeqPredConfig,
+    SeqPredEnv,
+    SeqPredVectorEnv,
+    toy_pairs,
+    translation_pairs,
+)
 from envs.rewards import bleu_increments, sentence_bleu
 
 EOS = 3

@@ -37,7 +37,13 @@ from rayseq.algorithms.erac import (
 from rayseq.algorithms.mle import mle_loss
 from rayseq.decoding import sample, teacher_forcing_io
 from rayseq.models.base import BOS, EOS, PAD
-from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update, wrap_reference
+from rayseq.models.critic import (
+    Critic,
+    CriticConfig,
+    make_target,
+    polyak_update,
+    wrap_reference,
+)
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 D = torch.float64

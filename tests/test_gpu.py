@@ -11,9 +11,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @cuda
 def test_packed_losses_on_cuda_equal_cpu() -> None:
+    from test_actor_critic import (
+        _module_and_batch,  # tests/ is on sys.path under pytest
+    )
+
     from rayseq.algorithms.erac import ERACConfig
     from rayseq.runtime.ac_learner import packed_losses
-    from test_actor_critic import _module_and_batch  # tests/ is on sys.path under pytest
 
     module, b = _module_and_batch(2)
     module.stage = "joint"
@@ -54,12 +57,12 @@ def test_erac_learner_updates_on_the_gpu(tmp_path) -> None:
 @pytest.mark.parametrize("stage", ["qnet", "actor"])
 def test_vaml_packed_losses_on_cuda_equal_cpu(stage: str) -> None:
     import numpy as np
+    from test_vaml import _module
 
     from rayseq.algorithms.supervised_rows import qnet_episodes, vaml_actor_rows
     from rayseq.algorithms.vaml import VAMLConfig
     from rayseq.rollout import collate
     from rayseq.runtime.vaml import packed_vaml_losses
-    from test_vaml import _module
 
     v = VAMLConfig(num_corruptions=2, num_samples=2, mix_mode="expected")
     rng = np.random.default_rng(0)

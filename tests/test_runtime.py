@@ -40,8 +40,8 @@ def test_smoke_every_registered_supervised_algorithm(algo, tmp_path, ray_session
 
 def test_resume_gives_the_same_next_updates(tmp_path, ray_session):
     """Checkpoint after epoch 1, restore in a fresh algorithm: epoch 2's losses are the same."""
-    from rayseq.train import _build_algorithm, _restore_checkpoint, _save_checkpoint
     from rayseq.data.tasks import load_task
+    from rayseq.train import _build_algorithm, _restore_checkpoint, _save_checkpoint
 
     cfg = _toy_config("raml", tmp_path, "model.dropout=0.0", "log_every=1")
     task = load_task("toy")

@@ -118,8 +118,9 @@ def test_bad_vaml_settings_are_clear_errors() -> None:
 
 
 def _module(stage: str, target: bool = False):
-    from rayseq.runtime.vaml import VAMLRLModule
     from gymnasium import spaces
+
+    from rayseq.runtime.vaml import VAMLRLModule
 
     torch.manual_seed(0)
     cfg = {"src_vocab_size": 12, "tgt_vocab_size": 14, "emb_dim": 8, "enc_hidden": 4, "dec_hidden": 8, "dropout": 0.0,

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from rayseq.algorithms.raml import RAMLConfig, draw_raml_samples, raml_weights, sample_bleus
+from rayseq.algorithms.raml import (
+    RAMLConfig,
+    draw_raml_samples,
+    raml_weights,
+    sample_bleus,
+)
 from rayseq.data.batching import pad_batch
 from rayseq.models.base import BOS, EOS, PAD
 

@@ -71,7 +71,12 @@ from rayseq.algorithms.erac import (
     step_masks,
     token_rewards,
 )
-from rayseq.algorithms.vaml import corrupt_references, soft_max_value, soft_q_loss, soft_q_target
+from rayseq.algorithms.vaml import (
+    corrupt_references,
+    soft_max_value,
+    soft_q_loss,
+    soft_q_target,
+)
 from rayseq.decoding import sample, teacher_forcing_io
 from rayseq.models.base import BOS, EOS, PAD, UNK
 from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update

@@ -39,12 +39,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayseq.actor_io import ACTOR_FILES, RUN_JSON, load_actor, read_run_info, resolve_actor
-from rayseq.data.atomic import atomic_write_lines
+from rayseq.actor_io import (
+    ACTOR_FILES,
+    RUN_JSON,
+    load_actor,
+    read_run_info,
+    resolve_actor,
+)
 from rayseq.commands.translate import check_decode_args, translate_ids
+from rayseq.data.atomic import atomic_write_lines
+from rayseq.data.coco import CaptionTaskSpec
 from rayseq.data.corpus import read_lines
 from rayseq.data.errors import DataError
-from rayseq.data.coco import CaptionTaskSpec
 from rayseq.data.tasks import TASKS, load_task
 from rayseq.evaluation import corpus_bleu_ids, ids_to_text, sacrebleu_corpus
 from rayseq.models.base import UNK
@@ -115,7 +121,9 @@ def evaluate(
     if hyp_out is not None and not Path(hyp_out).parent.is_dir():
         raise DataError(f"--hyp-out {os.fspath(hyp_out)}: folder {Path(hyp_out).parent} does not exist; create it first.")
     if src_file is None and isinstance(TASKS.get(read_run_info(run_dir).task), CaptionTaskSpec):
-        from rayseq.evaluation_coco import evaluate_captions  # BLEU-1..4 + CIDEr-D, multi-reference
+        from rayseq.evaluation_coco import (
+            evaluate_captions,  # BLEU-1..4 + CIDEr-D, multi-reference
+        )
 
         return evaluate_captions(run_dir, split, beam, max_len, batch_size, hyp_out, which, length_penalty, progress, data_dir, device)
     actor_path = resolve_actor(run_dir, which)

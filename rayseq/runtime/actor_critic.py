@@ -52,8 +52,8 @@ from rayseq.metrics import (
     SAMPLE_BLEU,
     SAMPLE_LEN,
     SAMPLE_TOKENS_PER_S,
-    TOKENS_TOTAL,
     TOKENS_PER_S,
+    TOKENS_TOTAL,
     WORKER_RESTARTS,
 )
 from rayseq.replay import make_replay_buffer

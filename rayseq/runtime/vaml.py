@@ -36,7 +36,14 @@ from rayseq.algorithms.vaml import (
     vaml_actor_loss,
 )
 from rayseq.data.batching import bucket_batches
-from rayseq.metrics import LOSS_ACTOR, LOSS_CRITIC_TD, LOSS_MLE, LOSS_VAML_CE, Q_TAKEN, TOKENS_PER_S
+from rayseq.metrics import (
+    LOSS_ACTOR,
+    LOSS_CRITIC_TD,
+    LOSS_MLE,
+    LOSS_VAML_CE,
+    Q_TAKEN,
+    TOKENS_PER_S,
+)
 from rayseq.models.base import PAD
 from rayseq.models.critic import Critic, CriticConfig, make_target, polyak_update
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
