@@ -200,22 +200,31 @@ def _mle_stage(cfg: RunConfig, run_dir: Path, task: Task, progress: dict[str, An
     return out
 
 
-def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the MLE → critic → joint pipeline; returns the contents of ``results.json``."""
+def start_from_mle(
+    cfg: RunConfig, resume: bool, address: str | None
+) -> tuple[Path, Task, dict[str, Any], dict[str, Any], bool]:
+    """The common start of the drivers that begin from an MLE actor: the run dir, the task, the
+    stages done (``stages.json``), the MLE stage (``{"actor", "test", …}``), seeds, and Ray (True
+    when this call started it)."""
     from rayseq.runtime.session import init_ray
 
-    t_start = time.monotonic()
     run_dir = prepare_run_dir(cfg.out, to_dict(cfg), resume)
     task = load_task(cfg.task, cfg.data_dir)
     progress: dict[str, Any] = {}
     if resume and (run_dir / STAGES_JSON).is_file():
         progress = json.loads((run_dir / STAGES_JSON).read_text(encoding="utf-8"))
     mle = _mle_stage(cfg, run_dir, task, progress, resume, address)
-    ac = cfg.algo_config
-    num_pairs = len(task.split("train"))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    started_ray = init_ray(address)
+    return run_dir, task, progress, mle, init_ray(address)
+
+
+def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the MLE → critic → joint pipeline; returns the contents of ``results.json``."""
+    t_start = time.monotonic()
+    run_dir, task, _, mle, started_ray = start_from_mle(cfg, resume, address)
+    ac = cfg.algo_config
+    num_pairs = len(task.split("train"))
     algo = _build_ac_algorithm(cfg, task)
     meta = {"algo": cfg.algo, "task": cfg.task, "run_dir": str(run_dir)}
     try:

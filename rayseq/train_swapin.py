@@ -17,20 +17,18 @@ training pairs.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rayseq.actor_io import ACTOR_FILES, save_actor
 from rayseq.commands.evaluate import evaluate
-from rayseq.config import RunConfig, to_dict
-from rayseq.data.tasks import Task, load_task
+from rayseq.config import RunConfig
+from rayseq.data.tasks import Task
 from rayseq.errors import TrainingError
 from rayseq.metrics import (
     BLEU_TEST,
@@ -46,9 +44,9 @@ from rayseq.metrics import (
     plot_learning_curve,
 )
 from rayseq.models.seq2seq import Seq2Seq
-from rayseq.run_dir import atomic_write_json, prepare_run_dir, write_results
+from rayseq.run_dir import atomic_write_json, write_results
 from rayseq.train import CHECKPOINT_DIR, _restore_checkpoint, _save_checkpoint, validate
-from rayseq.train_ac import STAGES_JSON, _mle_stage
+from rayseq.train_ac import STAGES_JSON, start_from_mle
 
 SAMPLE_RETURN = "sample/return"
 """Mean return of the episodes sampled in the iteration (Σ BLEU increments, × |y*| by default)."""
@@ -103,21 +101,12 @@ def _check_finite(rec: dict[str, float], it: int, run_dir: Path) -> None:
 
 def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) MLE stage → RLlib PPO/APPO/SAC; returns the contents of ``results.json``."""
-    from rayseq.runtime.session import init_ray
     from rayseq.runtime.swapin_algorithm import build_swapin_algorithm
 
     t_start = time.monotonic()
-    run_dir = prepare_run_dir(cfg.out, to_dict(cfg), resume)
-    task = load_task(cfg.task, cfg.data_dir)
-    progress: dict[str, Any] = {}
-    if resume and (run_dir / STAGES_JSON).is_file():
-        progress = json.loads((run_dir / STAGES_JSON).read_text(encoding="utf-8"))
-    mle = _mle_stage(cfg, run_dir, task, progress, resume, address)
+    run_dir, task, progress, mle, started_ray = start_from_mle(cfg, resume, address)
     sw = cfg.algo_config
     num_pairs = len(task.split("train"))
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    started_ray = init_ray(address)
     algo = build_swapin_algorithm(cfg, task, mle["actor"])
     meta = {"algo": cfg.algo, "task": cfg.task, "run_dir": str(run_dir)}
     try:

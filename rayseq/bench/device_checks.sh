@@ -7,17 +7,7 @@ set -u
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 t0=$(date +%s)
-python3 - <<'PY'
-import os, zipfile
-z = zipfile.ZipFile(".whl/ray-2.60.0-nojars.zip")
-for info in z.infolist():  # extract, keeping the executable bits (raylet, gcs_server)
-    path = z.extract(info, "/tmp/site")
-    mode = info.external_attr >> 16
-    if mode:
-        os.chmod(path, mode & 0o777)
-PY
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
+source rayseq/bench/device_setup.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import ray, torch, gymnasium; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 echo "setup $(( $(date +%s) - t0 )) s"

@@ -3,8 +3,9 @@
 #   rayseq/bench/device_compare.sh setup     # install the carried wheels, GPU tests, the MLE run
 #   rayseq/bench/device_compare.sh compare   # every other algorithm from that MLE actor, in parallel
 # Carry: .whl (ray-2.60.0 without its Java jars + the rllib deps missing from the CUDA image).
-# Work happens in /tmp/rayseq-cmp; $OUT gets the table, the plot, compare.json and each run's
-# results.json / metrics.jsonl / curve.png (checkpoints and actor files stay behind: too big).
+# Work happens in /tmp/rayseq-cmp; $OUT gets compare.md/png of the combined table and runs.tgz with
+# every comparison's compare.* and each run's results.json / metrics.jsonl / run.json (checkpoints
+# and actor files stay behind: too big). The groups' logs go to $OUT too.
 set -u
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled PYTHONPATH=/tmp/site:$PWD
@@ -21,28 +22,14 @@ COMMON=(--task "$TASK" --preset cpu --set "epochs=$EPOCHS" --set "vaml:algo.qnet
 t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/timeline.txt"; }
 
-collect() {  # the small outputs of every comparison dir under $W
-  for d in "$W"/*/; do
-    n=$(basename "$d"); mkdir -p "$OUT/$n"
-    cp "$d"/compare.* "$OUT/$n/" 2>/dev/null
-    for r in "$d"/*-seed*/; do
-      rn=$(basename "$r"); mkdir -p "$OUT/$n/$rn"
-      cp "$r"/results.json "$r"/metrics.jsonl "$r"/curve.png "$r"/run.json "$r"/compare_error.txt "$OUT/$n/$rn/" 2>/dev/null
-    done
-  done
+collect() {  # one tarball of the small outputs (a lease returns only a few files), + the table
+  (cd "$W" && tar czf "$OUT/runs.tgz" */compare.* */*-seed*/results.json */*-seed*/metrics.jsonl \
+     */*-seed*/run.json */*-seed*/compare_error.txt 2>/dev/null)
+  [ -f "$W/all/compare.md" ] && cp "$W/all/compare.md" "$W/all/compare.png" "$OUT/"
 }
 
 if [ "${1:-}" = setup ]; then
-  [ -z "${SKIP_INSTALL:-}" ] && python3 - <<'PY'
-import os, zipfile
-z = zipfile.ZipFile(".whl/ray-2.60.0-nojars.zip")
-for info in z.infolist():  # extract, keeping the executable bits (raylet, gcs_server)
-    path = z.extract(info, "/tmp/site")
-    mode = info.external_attr >> 16
-    if mode:
-        os.chmod(path, mode & 0o777)
-PY
-  [ -z "${SKIP_INSTALL:-}" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  [ -z "${SKIP_INSTALL:-}" ] && source rayseq/bench/device_setup.sh
   nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
   python3 -c "import ray, torch; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
   say setup done
@@ -56,7 +43,7 @@ elif [ "${1:-}" = compare ]; then
   i=0; pids=()
   for g in $GROUPS_; do
     i=$((i + 1)); d="$W/g$i"; mkdir -p "$d"; cp -r "$W/base/mle-seed1234" "$d/"
-    ( python3 -m rayseq.cli compare "${COMMON[@]}" --algos "$g" --out "$d" > "$OUT/g$i-$g.log" 2>&1; say "group $g done" ) &
+    ( python3 -m rayseq.cli compare "${COMMON[@]}" --algos "$g" --out "$d" > "$OUT/g$i-${g//,/_}.log" 2>&1; say "group $g done" ) &
     pids+=($!)
   done
   ( sleep "${BUDGET_S:-420}"; say "budget reached: stopping the groups"; pkill -f "rayseq.cli compare" ) &
