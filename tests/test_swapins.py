@@ -181,7 +181,7 @@ def test_iteration_record_maps_rllib_results_to_shared_names() -> None:
            "env_runners": {"num_env_steps_sampled": 300, "episode_return_mean": 4.0, "num_env_steps_sampled_lifetime": 900}}
     rec = iteration_record(ppo, 2.0)
     assert rec == {"loss/actor": 0.1, "loss/value": 2.0, "entropy": 1.5, "throughput/tokens_per_s": 150.0,
-                   "sample/return": 4.0, "sample/tokens_total": 900.0}
+                   "sample/return": 4.0, "tokens/total": 900.0}
     # SAC: entropy from its temperature loss −log α·(−H + H_target)
     log_alpha, h, target = math.log(0.05), 1.2, -1.0
     sac = {"learners": {"default_policy": {"policy_loss": -0.3, "qf_loss": 0.5, "alpha_loss": -log_alpha * (-h + target),
