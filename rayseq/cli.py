@@ -219,8 +219,8 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = {"run_dir": cfg.out, "bleu_test": results["test"]["bleu"], "sacrebleu_test": results["test"]["sacrebleu"],
                "bleu_valid_best": results["bleu/valid"]}
     if "mle" in results:  # actor-critic: the MLE stage's figures next to the final ones
-        summary.update({"mle_bleu_test": results["mle"]["test"].get("bleu"), "mle_sacrebleu_test": results["mle"]["test"].get("sacrebleu"),
-                        "updates": results["updates"], "collapsed": results["collapsed"]})
+        summary.update({"mle_bleu_test": results["mle"]["test"].get("bleu"), "mle_sacrebleu_test": results["mle"]["test"].get("sacrebleu")})
+        summary.update({k: results[k] for k in ("updates", "iterations", "collapsed") if k in results})
     else:
         summary["epochs"] = results["epochs"]
     summary["wall_time_s"] = round(results["wall_time_s"], 1)

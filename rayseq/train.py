@@ -127,6 +127,14 @@ def _restore_checkpoint(algo: Any, run_dir: Path) -> dict[str, Any]:
     return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
 
 
+def evaluate_test(run_dir: Path, cfg: RunConfig, writer: MetricsWriter, step: int, epoch: float) -> dict[str, Any]:
+    """The end of every driver: the best actor on the test split, logged as ``bleu/test``, the curve redrawn."""
+    test = evaluate(run_dir, split="test", beam=cfg.valid_beam, max_len=cfg.max_decode_len, data_dir=cfg.data_dir, progress=False)
+    writer.log(step, epoch, {BLEU_TEST: test["bleu"]})
+    plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
+    return test
+
+
 def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) training as configured; returns the contents of ``results.json``."""
     from rayseq.registry import ACTOR_CRITIC, SWAPIN
@@ -206,9 +214,7 @@ def train(cfg: RunConfig, resume: bool = False, address: str | None = None) -> d
                     file=sys.stderr,
                     flush=True,
                 )
-            test = evaluate(run_dir, split="test", beam=cfg.valid_beam, max_len=cfg.max_decode_len, data_dir=cfg.data_dir, progress=False)
-            writer.log(step, epoch, {BLEU_TEST: test["bleu"]})
-            plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
+            test = evaluate_test(run_dir, cfg, writer, step, epoch)
         finally:
             writer.close()
         results = {

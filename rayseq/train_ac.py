@@ -35,7 +35,6 @@ from rayseq.config import RunConfig, build_run_config, to_dict
 from rayseq.data.tasks import Task, load_task
 from rayseq.errors import TrainingError
 from rayseq.metrics import (
-    BLEU_TEST,
     BLEU_VALID,
     EPOCH_TIME_S,
     LR,
@@ -56,6 +55,7 @@ from rayseq.train import (
     _local_actor,
     _restore_checkpoint,
     _save_checkpoint,
+    evaluate_test,
     train,
     validate,
 )
@@ -296,9 +296,7 @@ def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None
                     "start_bleu": start_bleu, "best_step": best_step, "collapsed": collapsed,
                 })
                 plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
-            test = evaluate(run_dir, split="test", beam=cfg.valid_beam, max_len=cfg.max_decode_len, data_dir=cfg.data_dir, progress=False)
-            writer.log(step, step / per_epoch, {BLEU_TEST: test["bleu"]})
-            plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
+            test = evaluate_test(run_dir, cfg, writer, step, step / per_epoch)
         finally:
             writer.close()
         results = {

@@ -26,12 +26,10 @@ from typing import Any
 import torch
 
 from rayseq.actor_io import ACTOR_FILES, save_actor
-from rayseq.commands.evaluate import evaluate
 from rayseq.config import RunConfig
 from rayseq.data.tasks import Task
 from rayseq.errors import TrainingError
 from rayseq.metrics import (
-    BLEU_TEST,
     BLEU_VALID,
     ENTROPY,
     EPOCH_TIME_S,
@@ -45,7 +43,13 @@ from rayseq.metrics import (
 )
 from rayseq.models.seq2seq import Seq2Seq
 from rayseq.run_dir import atomic_write_json, write_results
-from rayseq.train import CHECKPOINT_DIR, _restore_checkpoint, _save_checkpoint, validate
+from rayseq.train import (
+    CHECKPOINT_DIR,
+    _restore_checkpoint,
+    _save_checkpoint,
+    evaluate_test,
+    validate,
+)
 from rayseq.train_ac import STAGES_JSON, start_from_mle
 
 SAMPLE_RETURN = "sample/return"
@@ -150,9 +154,7 @@ def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = Non
                                                  "best_bleu": best, "best_iteration": best_it})
                 plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
                 t_chunk = time.perf_counter()
-            test = evaluate(run_dir, split="test", beam=cfg.valid_beam, max_len=cfg.max_decode_len, data_dir=cfg.data_dir, progress=False)
-            writer.log(it, episodes / num_pairs, {BLEU_TEST: test["bleu"]})
-            plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "curve.png", title=f"{cfg.algo} on {cfg.task}")
+            test = evaluate_test(run_dir, cfg, writer, it, episodes / num_pairs)
         finally:
             writer.close()
         results = {
@@ -160,8 +162,6 @@ def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = Non
             "task": cfg.task,
             "preset": cfg.preset,
             "iterations": it,
-            "updates": it,  # the CLI's summary field: here Algorithm.train() iterations
-            "collapsed": False,  # no collapse stop here (the best actor is kept in any case)
             "episodes": episodes,
             "best_step": best_it,
             "start_bleu_valid": start_bleu,
