@@ -321,11 +321,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # vocabulary: one epoch is roughly an hour on 2 cores. One epoch is a check, not a result.
         "iwslt14": {"epochs": 1},
         "toy": _TOY,
-        # Captioning on 2 CPU cores: 119K restval pairs (2,389 MLE updates of 50 per epoch), NIC
-        # with the actor's sizes; validation on the first 500 Karpathy-val images, captions <= 20
-        # steps. Actor-critic: 240 critic-pretraining and 480 joint updates (0.1 / 0.2 epoch).
+        # Captioning on 2 CPU cores: 119K restval pairs (2,389 MLE updates of 50 per epoch, 75 ms
+        # each here: ~3 min an epoch), NIC with the actor's sizes; validation on the first 500
+        # Karpathy-val images, captions <= 20 steps. One epoch, so that the five-algorithm
+        # comparison (RAML and VAML's actor cost ~5 x an MLE epoch) fits about an hour. VAML's
+        # Q-net: 0.3 of a pass (717 updates, each on 50 captions x 6 corruptions). Actor-critic:
+        # 240 critic-pretraining and 480 joint updates (0.1 / 0.2 epoch).
         "coco": {
-            "epochs": 3,
+            "epochs": 1,
+            "algo.qnet_epochs": 0.3,
             "valid_max_sentences": 500,
             "max_decode_len": 20,
             "algo.critic_pretrain_epochs": 0.1,
