@@ -1,7 +1,7 @@
 """The numba backend of ``envs.rewards.prefix_bleu_batch``: BLEU of every prefix in one compiled loop.
 
-Clipped n-gram matches come from dynamic programming on common-suffix lengths, with no hashing
-or sorting. For hypothesis position t and reference position j,
+Clipped n-gram matches come from dynamic programming on common-suffix lengths, with no n-gram
+hashing or sorting. For hypothesis position t and reference position j,
 
     M[t, j] = min(4, M[t-1, j-1] + 1)  if h[t] == r[j]  else 0,
 
@@ -9,8 +9,10 @@ so the n-gram of the hypothesis ending at t occurs #{j : M[t, j] >= n} times in 
 (the count used for clipping is the largest over the item's references). The same recursion of
 the hypothesis against itself, S[t, u], gives its occurrences so far, #{u <= t : S[t, u] >= n};
 the n-gram ending at t is a clipped match iff that number is <= the reference count. Summing over
-t gives the statistics of every prefix: O(|h| (|h| + sum |r|)) work per item, two rows of M and of
-S in memory.
+t gives the statistics of every prefix. A row of M is kept as four bit sets {j : M[t, j] >= n}
+(64 positions a word, see the kernel's docstring), and the positions of each token in the
+references come from a small per-item table of the item's distinct tokens, so each hypothesis
+token costs O((|h| + sum |r|) / 64) word operations.
 
 BLEU is then computed in the same loop, step by step as ``envs.rewards.bleu_from_stats`` (the
 "plus1" formula) and ``envs.rewards._sacrebleu_from_stats`` (sacrebleu's effective order, its
