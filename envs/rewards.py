@@ -8,22 +8,35 @@ Everything here works on token ids (no ``<bos>``/``<eos>``) and is exact:
   ``sacrebleu.metrics.BLEU(tokenize="none", smooth_method=m, effective_order=True)
   .sentence_score(hyp, refs).score / 100`` (same arithmetic, same early exit when nothing matches).
 
-The batched entry point counts n-grams incrementally: every n-gram of every hypothesis and
-reference is given a dense id (one stable sort per order, with the batch item folded into the
-key), the clipped match that each new hypothesis token adds is ``rank < max reference count``, and
-a cumulative sum gives the statistics of every prefix at once. No prefix is ever re-scored.
+The batched entry point ``prefix_bleu_batch`` scores every prefix at once, never re-scoring one,
+with one of two independent implementations chosen by ``backend``:
+
+* ``"numba"`` (``envs.bleu_kernel``): one compiled loop per batch; clipped matches by dynamic
+  programming on common-suffix lengths held as bit sets, BLEU computed in the same loop. Compiled
+  on first use (a few seconds; numba's disk cache keeps it across processes where writable).
+* ``"numpy"``: every n-gram of every hypothesis and reference is given a dense id (one stable
+  sort per order, with the batch item folded into the key), the clipped match that each new
+  hypothesis token adds is ``rank < max reference count``, and a cumulative sum gives the
+  statistics of every prefix.
+* ``"auto"`` (the default): numba when it is installed and no hypothesis or reference of the batch
+  is longer than ``NUMBA_MAX_LEN`` tokens (its work grows as |h| (|h| + sum |r|) / 64 words),
+  numpy otherwise (``select_backend``).
 
 ``BleuTracker`` keeps the same statistics for a batch of episodes that grow one token at a time
 (the environment's reward), in O(|y*|) numpy work per step.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import Sequence
 
 import numpy as np
 
 MAX_ORDER = 4
 SMOOTH_METHODS = ("plus1", "none", "floor", "add-k", "exp")
+BACKENDS = ("auto", "numba", "numpy")
+NUMBA_MAX_LEN = 512  # "auto" uses numpy for a batch with a longer hypothesis or reference
 SCALES = ("ref_len", None)
 _FLOOR_VALUE = 0.1  # sacrebleu's default for "floor"
 _ADD_K_VALUE = 1.0  # sacrebleu's default for "add-k"
@@ -35,6 +48,32 @@ RefsLike = Sequence[Sequence[int]] | Sequence[int] | np.ndarray
 def _check_smooth(smooth: str) -> None:
     if smooth not in SMOOTH_METHODS:
         raise ValueError(f"smooth={smooth!r} is not a BLEU smoothing method; use one of {SMOOTH_METHODS}")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not a prefix-BLEU backend; use one of {BACKENDS}")
+
+
+@functools.cache
+def numba_available() -> bool:
+    """Whether the numba backend can be used (the package is installed)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def select_backend(h_lens: np.ndarray, r_lens: np.ndarray, backend: str = "auto") -> str:
+    """The implementation ("numba" or "numpy") that ``prefix_bleu_batch`` uses for a packed batch."""
+    _check_backend(backend)
+    if backend == "numpy":
+        return "numpy"
+    if backend == "numba":
+        if not numba_available():
+            raise ValueError("backend='numba' needs the numba package: pip install 'numba>=0.60' (or use backend='numpy')")
+        return "numba"
+    if not numba_available():
+        return "numpy"
+    longest = max(int(h_lens.max(initial=0)), int(r_lens.max(initial=0)))
+    return "numba" if longest <= NUMBA_MAX_LEN else "numpy"
 
 
 def _as_refs(refs: RefsLike) -> list[np.ndarray]:
@@ -155,21 +194,29 @@ def _pack(
     """
     if len(hyps) != len(refs_list):
         raise ValueError(f"got {len(hyps)} hypotheses but {len(refs_list)} reference sets")
-    h_lens = np.array(list(map(len, hyps)), dtype=np.int64)
+    n_items = len(hyps)
+    h_lens = np.fromiter(map(len, hyps), dtype=np.int64, count=n_items)
     h_flat = np.concatenate(hyps).astype(np.int64, copy=False) if h_lens.sum() else np.zeros(0, np.int64)
     if h_flat.dtype != np.int64:
         raise ValueError(f"token ids must be integers; got {h_flat.dtype}")
-    if all(type(r) is np.ndarray for r in refs_list) and all(r.ndim == 1 for r in refs_list):
-        flat_refs: Sequence[Sequence[int]] = refs_list
-        n_refs = np.ones(len(refs_list), dtype=np.int64)
+    r_flat = None
+    if n_items:
+        try:  # one reference per item (all 1-D) is the only way the concatenation is 1-D
+            r_flat = np.concatenate(refs_list)
+        except (ValueError, TypeError):
+            pass
+    if r_flat is not None and r_flat.ndim == 1:
+        r_lens = np.fromiter(map(len, refs_list), dtype=np.int64, count=n_items)
+        n_refs = np.ones(n_items, dtype=np.int64)
     else:
         nested = [_as_refs(r) for r in refs_list]
         flat_refs = [r for rs in nested for r in rs]
         n_refs = np.array(list(map(len, nested)), dtype=np.int64)
-    r_lens = np.array(list(map(len, flat_refs)), dtype=np.int64)
+        r_lens = np.array(list(map(len, flat_refs)), dtype=np.int64)
+        r_flat = np.concatenate(flat_refs) if r_lens.size else np.zeros(0, np.int64)
     if r_lens.size and r_lens.min() == 0:
         raise ValueError(f"reference {int(np.argmin(r_lens))} of the batch is empty; BLEU needs non-empty references")
-    r_flat = np.concatenate(flat_refs).astype(np.int64, copy=False) if r_lens.size else np.zeros(0, np.int64)
+    r_flat = r_flat.astype(np.int64, copy=False)
     if h_flat.ndim != 1 or r_flat.ndim != 1:
         raise ValueError("hypotheses and references must be 1-D sequences of token ids")
     return h_flat, h_lens, r_flat, r_lens, n_refs
@@ -266,26 +313,41 @@ def ngram_totals(hyp_len: np.ndarray) -> np.ndarray:
 
 
 def prefix_bleu_batch(
-    hyps: Sequence[Sequence[int]], refs_list: Sequence[RefsLike], smooth: str = "plus1"
+    hyps: Sequence[Sequence[int]], refs_list: Sequence[RefsLike], smooth: str = "plus1", backend: str = "auto"
 ) -> list[np.ndarray]:
     """BLEU of every prefix of every hypothesis (paper Eq. 4: a prefix is scored as if eos followed).
 
     hyps: B token-id sequences; refs_list: for each hypothesis one reference or a list of them.
     Returns B float64 arrays, item b of length len(hyps[b]) with entry t-1 = BLEU(hyps[b][:t]).
+    backend: "auto", "numba" or "numpy" (see the module docstring); all give the same values.
     """
     _check_smooth(smooth)
-    h_flat, h_lens, r_flat, r_lens, n_refs = _pack(hyps, refs_list)
+    _check_backend(backend)
+    packed = _pack(hyps, refs_list)
+    h_lens = packed[1]
     if not len(h_lens):
         return []
+    if select_backend(h_lens, packed[3], backend) == "numba":
+        from envs.bleu_kernel import prefix_bleu_flat
+
+        bleu = prefix_bleu_flat(*packed, smooth)
+    else:
+        bleu = _prefix_bleu_numpy(*packed, smooth)
+    ends = np.cumsum(h_lens)
+    return [bleu[a:b] for a, b in zip((ends - h_lens).tolist(), ends.tolist())]
+
+
+def _prefix_bleu_numpy(
+    h_flat: np.ndarray, h_lens: np.ndarray, r_flat: np.ndarray, r_lens: np.ndarray, n_refs: np.ndarray, smooth: str
+) -> np.ndarray:
+    """BLEU of every prefix of a packed batch (see ``_pack``), flat float64 [sum(h_lens)], in numpy."""
     matches, ref_lens = _prefix_stats(h_flat, h_lens, r_flat, r_lens, n_refs)
     prefix_len = _positions(h_lens) + 1
     if ref_lens.shape[1] == 1:  # one reference each: it is the closest
         r = np.repeat(ref_lens[:, 0], h_lens)
     else:
         r = closest_ref_len(prefix_len, np.repeat(ref_lens, h_lens, axis=0))
-    bleu = bleu_from_stats(matches, ngram_totals(prefix_len), prefix_len, r, smooth)
-    ends = np.cumsum(h_lens).tolist()
-    return [bleu[a:b] for a, b in zip([0] + ends[:-1], ends)]
+    return bleu_from_stats(matches, ngram_totals(prefix_len), prefix_len, r, smooth)
 
 
 def prefix_bleu(hyp: Sequence[int], refs: RefsLike, smooth: str = "plus1") -> np.ndarray:

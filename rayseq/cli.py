@@ -21,6 +21,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--smooth", default="exp", choices=["none", "floor", "add-k", "exp"])
     r.add_argument("--repeats", type=int, default=20)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"], help="our prefix-BLEU implementation")
     r.add_argument("--json", action="store_true", help="print one JSON line")
     t = bsub.add_parser("train", help="learner tokens/s through the RLlib runtime vs a plain PyTorch loop")
     t.add_argument("--algo", default="mle")
@@ -45,7 +46,11 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.bench == "reward":
         from rayseq.bench.reward import RewardBenchConfig, run
 
-        result = run(RewardBenchConfig(batch=args.batch, smooth=args.smooth, repeats=args.repeats, seed=args.seed))
+        result = run(
+            RewardBenchConfig(
+                batch=args.batch, smooth=args.smooth, repeats=args.repeats, seed=args.seed, backend=args.backend
+            )
+        )
     elif args.bench == "train":
         from rayseq.registry import ACTOR_CRITIC, get_algorithm
 

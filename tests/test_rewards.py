@@ -166,3 +166,100 @@ def test_tracker_matches_prefix_bleu(mode):
                 got[i].append(b)
         for i in range(4):
             np.testing.assert_allclose(got[i], prefix_bleu(hyps[i], refs[i], mode), rtol=0, atol=1e-12)
+
+
+# --- The numba and numpy backends of prefix_bleu_batch: each equal to the other and to the references.
+
+BACKENDS = ["numba", "numpy"]
+
+
+def _both_backends(hyps, refs, mode):
+    """The two backends' results, checked equal to each other (1e-12), and the numba one returned."""
+    got = {b: prefix_bleu_batch(hyps, refs, mode, backend=b) for b in BACKENDS}
+    assert len(got["numba"]) == len(got["numpy"]) == len(hyps)
+    for a, b, h in zip(got["numba"], got["numpy"], hyps):
+        assert a.dtype == np.float64 and a.shape == (len(h),)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    return got["numba"]
+
+
+@pytest.mark.parametrize("mode", ["plus1", *SACRE_MODES])
+def test_backends_agree_with_references_on_random_batches(mode):
+    rng = np.random.default_rng(17)
+    cases = [random_case(rng, max_refs=5) for _ in range(120)]
+    cases += [([4], [[4]]), ([4], [[5]]), ([4], [[4, 5, 6]]), ([4, 5, 6], [[5]])]  # length 1
+    cases += [([5] * 12 + [5, 6] * 5, [[5, 5, 6, 5, 6], [5] * 7, [6, 5, 6, 5]])]  # repeated n-grams: clipping
+    hyps, refs = [h for h, _ in cases], [r for _, r in cases]
+    for h, r, o in zip(hyps, refs, _both_backends(hyps, refs, mode)):
+        np.testing.assert_allclose(o, reference(h, r, mode), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["plus1", *SACRE_MODES])
+def test_backends_agree_on_real_sentences_with_five_references(mode):
+    rng = np.random.default_rng(2)
+    sents = _multi30k_ids(60)
+    hyps, refs = [], []
+    for i, s in enumerate(sents):
+        h = [t if rng.random() > 0.3 else int(rng.integers(4, 40)) for t in s]
+        h = h + h[: len(h) // 2] if i % 2 else h[: max(1, 2 * len(h) // 3)]  # longer / shorter than refs
+        others = [sents[(i + k) % len(sents)] for k in (1, 2, 3)]
+        hyps.append(h)
+        refs.append([s, *others, s[: max(1, len(s) // 2)]])  # 5 references of different lengths
+    for h, r, o in zip(hyps, refs, _both_backends(hyps, refs, mode)):
+        np.testing.assert_allclose(o, reference(h, r, mode), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["plus1", "exp"])
+def test_long_items_use_the_numpy_fallback_and_multiword_bit_sets_agree(mode):
+    from envs.rewards import NUMBA_MAX_LEN, select_backend
+
+    rng = np.random.default_rng(4)
+    ref = rng.integers(0, 6, size=NUMBA_MAX_LEN + 40)
+    long_hyp = np.concatenate([ref[100:300], rng.integers(0, 6, size=NUMBA_MAX_LEN - 150), ref[:90]])
+    hyps = [long_hyp, rng.integers(0, 6, size=130), rng.integers(0, 6, size=7)]
+    refs = [ref, [ref[:70], ref[70:200], ref[5:6]], ref[:65]]  # several 64-bit words per row
+    h_lens = np.array([len(h) for h in hyps])
+    r_lens = np.array([len(ref), 70, 130, 1, 65])
+    assert select_backend(h_lens, r_lens, "auto") == "numpy"  # longer than NUMBA_MAX_LEN
+    assert select_backend(h_lens[1:], r_lens[1:], "auto") == "numba"
+    assert select_backend(h_lens, r_lens, "numba") == "numba"
+    auto = prefix_bleu_batch(hyps, refs, mode)
+    got = _both_backends(hyps, refs, mode)  # numba forced on the long item too
+    for h, r, a, o in zip(hyps, refs, auto, got):
+        np.testing.assert_array_equal(a, prefix_bleu_batch([h], [r], mode, backend="numpy")[0])
+        r = [r] if np.ndim(r[0]) == 0 else r
+        ts = np.unique(np.linspace(1, len(h), 12).astype(int))  # a sample of prefixes (sacrebleu is slow here)
+        rr = [list(x) for x in r]
+        want = [plain_plus1(list(h[:t]), rr) if mode == "plus1" else sacre_sentence(h[:t], rr, mode) for t in ts]
+        np.testing.assert_allclose(o[ts - 1], want, rtol=0, atol=1e-12)
+
+
+def test_backend_edge_cases_and_errors():
+    for b in [*BACKENDS, "auto"]:
+        assert prefix_bleu_batch([], [], backend=b) == []
+        assert [len(o) for o in prefix_bleu_batch([[], [3]], [[3], [3]], backend=b)] == [0, 1]
+        with pytest.raises(ValueError, match=">= 0"):
+            prefix_bleu_batch([[1, -2]], [[1]], backend=b)
+    with pytest.raises(ValueError, match="backend='cuda'.*auto"):
+        prefix_bleu_batch([[1]], [[1]], backend="cuda")
+    # Items given as int32 arrays, Python lists, a 2-D array of equal-length references: same values.
+    a = prefix_bleu_batch([np.array([4, 5, 6], np.int32)], [np.array([[4, 5, 6], [6, 5, 4]])], "exp", backend="numba")
+    b = prefix_bleu_batch([[4, 5, 6]], [[[4, 5, 6], [6, 5, 4]]], "exp", backend="numpy")
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-12)
+
+
+def test_kernel_compiles_without_numba_cache(monkeypatch):
+    """Where numba cannot cache (read-only package, no user cache dir) the kernel compiles in memory."""
+    from envs import bleu_kernel
+
+    compile_ = bleu_kernel._compile
+
+    def no_cache(cache):
+        if cache:
+            raise RuntimeError("cannot cache function '_prefix_bleu_kernel': no locator available for file")
+        return compile_(cache)
+
+    monkeypatch.setattr(bleu_kernel, "_compile", no_cache)
+    monkeypatch.setattr(bleu_kernel, "_KERNEL", None)
+    got = prefix_bleu_batch([[4, 5, 4, 5]], [[4, 5, 6]], "plus1", backend="numba")[0]
+    np.testing.assert_allclose(got, reference([4, 5, 4, 5], [[4, 5, 6]], "plus1"), rtol=0, atol=1e-12)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.rewards import prefix_bleu_batch
+from envs.rewards import prefix_bleu_batch, select_backend
 
 
 @dataclass
@@ -24,6 +24,9 @@ class RewardBenchConfig:
     sacrebleu_repeats: int = 2
     """Timed repetitions of the sacrebleu loop (the best is kept)."""
     seed: int = 0
+    """Seed of the sentence sample and of the perturbations."""
+    backend: str = "auto"
+    """Our implementation: "auto", "numba" or "numpy" (``envs.rewards.BACKENDS``)."""
 
 
 def perturb(ref: np.ndarray, vocab_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -82,15 +85,18 @@ def _best_time(fn, repeats: int) -> float:
 def run(cfg: RewardBenchConfig) -> dict:
     hyps, refs = make_batch(cfg)
     n_prefixes = int(sum(len(h) for h in hyps))
-    ours = prefix_bleu_batch(hyps, refs, smooth=cfg.smooth)
+    # The first call compiles the numba kernel (or loads it from numba's cache): not timed.
+    ours = prefix_bleu_batch(hyps, refs, smooth=cfg.smooth, backend=cfg.backend)
+    backend = select_backend(np.array([len(h) for h in hyps]), np.array([len(r) for r in refs]), cfg.backend)
     theirs = sacrebleu_prefix_bleu(hyps, refs, cfg.smooth)
     max_abs_diff = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
-    t_ours = _best_time(lambda: prefix_bleu_batch(hyps, refs, smooth=cfg.smooth), cfg.repeats)
+    t_ours = _best_time(lambda: prefix_bleu_batch(hyps, refs, smooth=cfg.smooth, backend=cfg.backend), cfg.repeats)
     t_sacre = _best_time(lambda: sacrebleu_prefix_bleu(hyps, refs, cfg.smooth), cfg.sacrebleu_repeats)
     return {
         "batch": cfg.batch,
         "prefixes": n_prefixes,
         "smooth": cfg.smooth,
+        "backend": backend,
         "ours_prefix_bleu_per_s": n_prefixes / t_ours,
         "sacrebleu_prefix_bleu_per_s": n_prefixes / t_sacre,
         "speedup": t_sacre / t_ours,
