@@ -38,3 +38,27 @@ def test_summary_statistics_and_errors():
     with pytest.raises(ValueError, match="not a registered algorithm"):
         CompareConfig(task="toy", algos=["mle"], overrides=["eracc:algo.tau=0.1"])
     CompareConfig(task="toy", algos=["mle"], overrides=["erac:algo.tau=0.1"])  # for a run not in this comparison: ignored
+
+
+def test_captioning_runs_read_back_with_cider_and_the_surrogate_label(tmp_path):
+    """A finished captioning run (the fields ``rayseq train --task coco`` writes) gives a CIDEr-D column
+    and the surrogate warning; a translation-only table has neither."""
+    from rayseq.commands.compare import _run_one
+
+    run = tmp_path / "mle-seed1"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "bleu/valid": 14.4, "wall_time_s": 120.0,
+        "test": {"bleu": 13.36, "bleu_4": 13.36, "cider_d": 0.396, "features": "surrogate"}}))
+    cc = CompareConfig(task="coco", algos=["mle", "raml"], seeds=1, out=str(tmp_path), report_only=True)
+    recs = [_run_one(cc, "mle", 1, run, None), _run_one(cc, "raml", 1, tmp_path / "raml-seed1", None)]
+    assert recs[0]["status"] == "ok" and recs[0]["surrogate"] and recs[0]["test_cider_d"] == 0.396
+    md = render_table(cc, summarize(cc, recs), recs)
+    assert "test CIDEr-D mean ± std" in md and "| 0.396 ± 0.000 |" in md
+    assert "Surrogate image features" in md
+    header, sep, mle_row, raml_row = md.splitlines()[2:6]
+    assert header.count("|") == sep.count("|") == mle_row.count("|") == raml_row.count("|")
+    cc_mt = CompareConfig(task="toy", algos=["mle"], seeds=1, out=str(tmp_path))
+    rec = {"algo": "mle", "seed": 1, "status": "ok", "test_bleu": 10.0, "valid_bleu": 10.0, "wall_time_s": 1.0, "run_dir": "x"}
+    md_mt = render_table(cc_mt, summarize(cc_mt, [rec]), [rec])
+    assert "CIDEr" not in md_mt and "Surrogate" not in md_mt

@@ -142,9 +142,17 @@ def _run_one(cc: CompareConfig, algo: str, seed: int, run_dir: Path, actor_init:
         valid_bleu=float("nan") if results.get(BLEU_VALID) is None else float(results[BLEU_VALID]),
         wall_time_s=float(results.get("wall_time_s", float("nan"))),
         collapsed=bool(results.get("collapsed", False)),
-        surrogate=bool(results.get("surrogate", False) or results.get("test", {}).get("surrogate", False)),
+        surrogate=_is_surrogate(results),
     )
+    if results["test"].get("cider_d") is not None:  # captioning: CIDEr-D next to BLEU-4
+        rec["test_cider_d"] = float(results["test"]["cider_d"])
     return rec
+
+
+def _is_surrogate(results: dict[str, Any]) -> bool:
+    """Whether a run was evaluated on surrogate image features (``rayseq data surrogate-features``)."""
+    test = results.get("test", {})
+    return bool(results.get("surrogate") or test.get("surrogate") or test.get("features") == "surrogate")
 
 
 def run_compare(cc: CompareConfig) -> dict[str, Any]:
@@ -198,18 +206,24 @@ def summarize(cc: CompareConfig, records: list[dict[str, Any]]) -> list[dict[str
             row["valid_bleu"] = _stats([r["valid_bleu"] for r in ok])
             row["wall_time_s"] = _stats([r["wall_time_s"] for r in ok])
             row["collapsed"] = sum(bool(r.get("collapsed")) for r in ok)
+            if all("test_cider_d" in r for r in ok):
+                row["test_cider_d"] = _stats([r["test_cider_d"] for r in ok])
         rows.append(row)
     return rows
 
 
 def render_table(cc: CompareConfig, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
     """``compare.md``: the Table-1-style summary."""
+    cider = any("test_cider_d" in row for row in rows)
     lines = [
         f"# {cc.task}: {', '.join(cc.algos)} ({cc.seeds} seed{'s' if cc.seeds > 1 else ''}, preset {cc.preset})",
         "",
-        "| algorithm | runs | test BLEU mean ± std | min | max | best valid BLEU (mean) | wall time (min, mean) | notes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algorithm | runs | test BLEU mean ± std | min | max | "
+        + ("test CIDEr-D mean ± std | " if cider else "")
+        + "best valid BLEU (mean) | wall time (min, mean) | notes |",
+        "|---|---|---|---|---|" + ("---|" if cider else "") + "---|---|---|",
     ]
+    blank = "| " if cider else ""
     for row in rows:
         notes = []
         if row.get("collapsed"):
@@ -217,16 +231,19 @@ def render_table(cc: CompareConfig, rows: list[dict[str, Any]], records: list[di
         notes += [f"FAILED: {e}" for e in row["failed"]]
         if "test_bleu" in row:
             t = row["test_bleu"]
+            c = row.get("test_cider_d")
+            cider_cell = (f"{c['mean']:.3f} ± {c['std']:.3f} | " if c else "| ") if cider else ""
             lines.append(
                 f"| {row['algo']} | {row['ok']}/{row['runs']} | {t['mean']:.2f} ± {t['std']:.2f} | {t['min']:.2f} | {t['max']:.2f} | "
-                f"{row['valid_bleu']['mean']:.2f} | {row['wall_time_s']['mean'] / 60:.1f} | {'; '.join(notes)} |"
+                f"{cider_cell}{row['valid_bleu']['mean']:.2f} | {row['wall_time_s']['mean'] / 60:.1f} | {'; '.join(notes)} |"
             )
         elif row["runs"] == 0:
-            lines.append(f"| {row['algo']} | 0/0 | (not run yet) | | | | | |")
+            lines.append(f"| {row['algo']} | 0/0 | (not run yet) | | | {blank}| | |")
         else:
-            lines.append(f"| {row['algo']} | 0/{row['runs']} | failed | | | | | {'; '.join(notes)} |")
+            lines.append(f"| {row['algo']} | 0/{row['runs']} | failed | | | {blank}| | {'; '.join(notes)} |")
     inits = sorted({r['actor_init'] for r in records if r.get('actor_init')})
-    lines += ["", "Test BLEU: corpus BLEU-4 of the best-validation actor (beam search, the task's evaluation).",
+    lines += ["", "Test BLEU: corpus BLEU-4 of the best-validation actor (beam search, the task's evaluation)"
+              + ("; CIDEr-D as coco-caption computes it." if cider else "."),
               "Wall time: the algorithm's own run; RL algorithms start from the MLE run of the same seed"
               + (f" ({', '.join(inits)})" if inits else "") + ", whose time is not included here (it is in the plot)."]
     if any(r.get("surrogate") for r in records):
