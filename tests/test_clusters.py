@@ -237,3 +237,13 @@ def test_dockerfile_lint():
                 assert src not in ignored, f"Dockerfile COPY {src}: excluded by .dockerignore"
     for must in (".git", ".venv", "runs"):
         assert must in ignored, f".dockerignore must exclude {must}"
+
+
+def test_dockerfile_installs_every_project_dependency():
+    """The image installs the project with --no-deps, so each requirement of pyproject.toml except
+    those the Ray image provides (ray, torch, numpy) must be in its pip line, with the same spec."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    provided = ("ray[", "torch", "numpy")
+    missing = [d for d in deps if not d.startswith(provided) and f'"{d}"' not in text]
+    assert not missing, f"docker/Dockerfile does not install {missing} (pyproject.toml requires them)"
