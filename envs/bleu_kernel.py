@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 SMOOTH_CODES = {"plus1": 0, "none": 1, "floor": 2, "add-k": 3, "exp": 4}
@@ -52,6 +52,40 @@ def _popcount(typingctx, x):
         return builder.ctpop(args[0])
 
     return types.int64(types.uint64), codegen
+
+
+@njit(inline="always", nogil=True)
+def _next_row(e_bits: np.ndarray, g1: np.ndarray, g2: np.ndarray, g3: np.ndarray, lo: int, hi: int) -> tuple:
+    """Advance the bit sets G_1..G_3 of words [lo, hi) from row t - 1 to row t; return the popcounts
+    of G_1..G_4 of row t, i.e. #{j : M[t, j] >= n} for n = 1..4.
+
+    ``e_bits`` is E = {j : r[j] = h[t]}; G_n(t) = E & (G_{n-1}(t-1) shifted up by one position), the
+    bit crossing a word boundary carried from word w - 1 (none into word ``lo``: a new sequence).
+    Words go in descending order, so word w - 1 still holds row t - 1 when word w reads it.
+    """
+    one = np.uint64(1)
+    top = np.uint64(63)
+    zero = np.uint64(0)
+    n1 = 0
+    n2 = 0
+    n3 = 0
+    n4 = 0
+    for w in range(hi - 1, lo - 1, -1):
+        e = e_bits[w]
+        c1 = g1[w - 1] >> top if w > lo else zero
+        c2 = g2[w - 1] >> top if w > lo else zero
+        c3 = g3[w - 1] >> top if w > lo else zero
+        h2 = e & ((g1[w] << one) | c1)
+        h3 = e & ((g2[w] << one) | c2)
+        h4 = e & ((g3[w] << one) | c3)
+        g1[w] = e
+        g2[w] = h2
+        g3[w] = h3
+        n1 += _popcount(e)
+        n2 += _popcount(h2)
+        n3 += _popcount(h3)
+        n4 += _popcount(h4)
+    return n1, n2, n3, n4
 
 
 def _prefix_bleu_kernel(
@@ -77,8 +111,6 @@ def _prefix_bleu_kernel(
     #{j : M[t, j] >= n} = popcount(G_n). The same for S over positions u <= t of the hypothesis.
     """
     one = np.uint64(1)
-    top = np.uint64(63)
-    zero = np.uint64(0)
     n_items = h_lens.shape[0]
     for i in range(h_flat.shape[0]):
         if h_flat[i] < 0:
@@ -176,25 +208,7 @@ def _prefix_bleu_kernel(
             s = slot_h[t]
             hyp_bits[s, t >> 6] |= one << np.uint64(t & 63)
             # Occurrences so far of the n-grams ending at t, in the hypothesis itself (u <= t).
-            s1 = 0
-            s2 = 0
-            s3 = 0
-            s4 = 0
-            for w in range(t >> 6, -1, -1):  # descending: word w - 1 still holds row t - 1
-                e = hyp_bits[s, w]
-                c1 = hg1[w - 1] >> top if w > 0 else zero
-                c2 = hg2[w - 1] >> top if w > 0 else zero
-                c3 = hg3[w - 1] >> top if w > 0 else zero
-                g2 = e & ((hg1[w] << one) | c1)
-                g3 = e & ((hg2[w] << one) | c2)
-                g4 = e & ((hg3[w] << one) | c3)
-                hg1[w] = e
-                hg2[w] = g2
-                hg3[w] = g3
-                s1 += _popcount(e)
-                s2 += _popcount(g2)
-                s3 += _popcount(g3)
-                s4 += _popcount(g4)
+            s1, s2, s3, s4 = _next_row(hyp_bits[s], hg1, hg2, hg3, 0, (t >> 6) + 1)
             # Their largest count in one reference.
             x1 = 0
             x2 = 0
@@ -203,25 +217,7 @@ def _prefix_bleu_kernel(
             wq = 0
             for q in range(n_r):
                 nw = (r_lens[k0 + q] + 63) >> 6
-                a1 = 0
-                a2 = 0
-                a3 = 0
-                a4 = 0
-                for w in range(wq + nw - 1, wq - 1, -1):
-                    e = ref_bits[s, w]
-                    c1 = rg1[w - 1] >> top if w > wq else zero
-                    c2 = rg2[w - 1] >> top if w > wq else zero
-                    c3 = rg3[w - 1] >> top if w > wq else zero
-                    g2 = e & ((rg1[w] << one) | c1)
-                    g3 = e & ((rg2[w] << one) | c2)
-                    g4 = e & ((rg3[w] << one) | c3)
-                    rg1[w] = e
-                    rg2[w] = g2
-                    rg3[w] = g3
-                    a1 += _popcount(e)
-                    a2 += _popcount(g2)
-                    a3 += _popcount(g3)
-                    a4 += _popcount(g4)
+                a1, a2, a3, a4 = _next_row(ref_bits[s], rg1, rg2, rg3, wq, wq + nw)
                 x1 = max(x1, a1)
                 x2 = max(x2, a2)
                 x3 = max(x3, a3)
