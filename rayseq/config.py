@@ -318,8 +318,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "algo.beta": 0.01,
         },
         # VAML's Q-net (step 1) on Multi30k: 2 passes (1,160 updates of 50 references × 6
-        # trajectories, ~1.07 s each here: ~21 min) instead of the default 5 (~52 min), so that
-        # the whole VAML run (Q-net + 10 actor epochs) fits in about two hours on 2 cores.
+        # trajectories, ~1.07 s each here: 22.5 min measured) instead of the default 5 (~52 min).
+        # Measured whole VAML run (Q-net + 10 actor epochs of 605-712 s): 151 min, about 25 of
+        # them lost to a CI run sharing the 2 cores.
         "multi30k": {"algo.qnet_epochs": 2.0},
         # IWSLT14 has 5.3 × the pairs of Multi30k, longer sentences and a 3.9 × larger target
         # vocabulary: one epoch is roughly an hour on 2 cores. One epoch is a check, not a result.
