@@ -13,7 +13,7 @@ An actor file is one ``torch.save`` of a plain dict (no pickled classes, so it l
 It is written atomically (a temp file in the same folder, fsync, ``os.replace``): a reader, or a
 kill mid-write, sees the previous file or the whole new one, never half of one.
 
-A run directory (see ``rayseq.commands.evaluate`` for the user-facing description) holds
+A run directory (its layout: ``rayseq.run_dir``) holds
 ``run.json`` (``{"task", "data_dir", "algo", ...}``) and the actor files ``actor_best.pt`` and
 ``actor_latest.pt``; :func:`read_run_info` and :func:`resolve_actor` read it.
 
@@ -23,7 +23,6 @@ Plain torch; no ray.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,15 +37,11 @@ from rayseq.data.coco import FeatureSourceVocab
 from rayseq.data.errors import DataError
 from rayseq.data.vocab import Vocab
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from rayseq.run_dir import ACTOR_FILES, RUN_JSON, RunDirError, read_run_json
 
 ACTOR_FORMAT = "rayseq-actor/1"
 """Value of the ``format`` key; bump the number when the layout changes."""
 
-RUN_JSON = "run.json"
-"""Run description file inside a run directory."""
-
-ACTOR_FILES: dict[str, str] = {"best": "actor_best.pt", "latest": "actor_latest.pt"}
-"""``which`` -> actor file name inside a run directory."""
 
 _KEYS = ("format", "model_config", "state_dict", "src_itos", "tgt_itos", "meta")
 
@@ -231,11 +226,9 @@ def read_run_info(run_dir: PathLike) -> RunInfo:
             f"`rayseq train ...`, or write {RUN_JSON} with at least {{\"task\": \"multi30k\"}}."
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}); fix or recreate it.") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}.")
+        data = read_run_json(path.parent)
+    except RunDirError as e:
+        raise DataError(str(e)) from None
     task = data.get("task")
     if not isinstance(task, str) or not task:
         raise DataError(f"{path}: key \"task\" is {task!r}; it must name a task, e.g. \"multi30k\".")

@@ -40,6 +40,7 @@ import yaml
 
 from rayseq.data.tasks import TASKS as DATA_TASKS
 from rayseq.models.seq2seq import Seq2SeqConfig
+from rayseq.run_dir import flatten_dotted
 
 
 class ConfigError(ValueError):
@@ -644,18 +645,6 @@ def parse_override(item: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping → dotted keys (``{"algo": {"lr": 1}}`` → ``{"algo.lr": 1}``)."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML (or JSON) config file into dotted keys; ConfigError naming the file otherwise."""
     path = Path(path)
@@ -682,7 +671,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     bad = [k for k in _flatten_keys(data) if not isinstance(k, str)]
     if bad:
         raise ConfigError(f"config file {path}: key {bad[0]!r} is not a string; keys are names like epochs.")
-    return _flatten(data)
+    return flatten_dotted(data)
 
 
 def _flatten_keys(mapping: Mapping[Any, Any]) -> list[Any]:

@@ -53,6 +53,13 @@ QNET_GREEDY_BLEU = "qnet/greedy_bleu"
 WORKER_RESTARTS = "workers/restarts"
 REPLAY_SIZE = "replay/size"
 LOSS_VALUE = "loss/value"
+CRITIC_VALID_TD = "critic/valid_td"  # held-out soft TD error (Q − Q̂)² per token (rayseq.critic_scoring)
+CRITIC_TOP1_ACC = "critic/top1_acc"  # share of reference prefixes where argmax_w Q is the next reference token
+CRITIC_TOP5_ACC = "critic/top5_acc"  # the same with the next reference token among the 5 best
+CRITIC_MC_RANK_CORR = "critic/mc_rank_corr"  # Spearman ρ of Q(s_t, a_t) with the actor's Monte-Carlo soft return
+CRITIC_TARGET_ENTROPY = "critic/target_entropy"  # mean entropy of softmax(Q/τ), the actor's target (Eq. 20 / 17)
+CRITIC_EOS_MARGIN = "critic/eos_margin"  # mean Q(s, eos) − max_{w≠eos} Q(s, w) on the complete reference
+CRITIC_EOS_MARGIN_POSITIVE = "critic/eos_margin_positive"  # share of those states with a positive margin
 
 METRIC_NAMES: dict[str, str] = {
     LOSS_ACTOR: "the loss the actor is trained on (MLE NLL, RAML Eq. 2, ERAC/AC actor Eq. 20, VAML step 2)",

@@ -1,13 +1,15 @@
-"""Algorithm registry: name → (typed config class, RLlib Algorithm class).
+"""Algorithm registry: name → (typed config class, RLlib Algorithm class, training driver).
 
-Adding an algorithm is one file plus one line here. The Algorithm class is named by its import
-path and imported on demand, so that importing the registry (the CLI's ``--help``, the config
-layer) does not import ray.
+Adding an algorithm is one file plus one line here. The Algorithm class and the driver are named
+by their import paths and imported on demand, so that importing the registry (the CLI's
+``--help``, the config layer) does not import ray; ``rayseq.drivers.train(cfg)`` is a lookup here.
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rayseq.algorithms.erac import ACConfig, ERACConfig, ERACNoFutEntConfig
 from rayseq.algorithms.mle import MLEConfig
@@ -16,13 +18,27 @@ from rayseq.algorithms.reinforce import MIXERConfig, SCSTConfig
 from rayseq.algorithms.swapins import APPOSwapConfig, PPOSwapConfig, SACSwapConfig
 from rayseq.algorithms.vaml import VAMLConfig
 
-SUPERVISED, ACTOR_CRITIC = "supervised", "actor_critic"
-"""Driver kinds: ``supervised`` (dataset batches, ``rayseq.train``), ``actor_critic`` (MLE stage →
-critic pretraining → joint training with rollout workers, ``rayseq.train_ac``)."""
+SUPERVISED, VAML, ACTOR_CRITIC, SWAPIN = "supervised", "vaml", "actor_critic", "swapin"
+"""Driver kinds, each one module of ``rayseq.drivers``: ``supervised`` (dataset batches),
+``vaml`` (the Q-net stage, then dataset batches), ``actor_critic`` (MLE stage → critic pretraining
+→ joint training with rollout workers), ``swapin`` (MLE stage → RLlib's own ``Algorithm.train()``
+iterations; ``algorithm_path`` is the RLlib Algorithm class itself)."""
 
-SWAPIN = "swapin"
-"""Driver kind of RLlib's own algorithms on the sequence MDP (MLE stage → ``Algorithm.train()``
-iterations, ``rayseq.train_swapin``); ``algorithm_path`` is the RLlib Algorithm class itself."""
+DRIVERS: dict[str, str] = {
+    SUPERVISED: "rayseq.drivers.supervised:train_supervised",
+    VAML: "rayseq.drivers.vaml:train_vaml",
+    ACTOR_CRITIC: "rayseq.drivers.actor_critic:train_actor_critic",
+    SWAPIN: "rayseq.drivers.swapin:train_swapin",
+}
+"""Driver kind → ``module:function`` ``(cfg, resume, address) -> results``."""
+
+STARTS_FROM_MLE = (ACTOR_CRITIC, SWAPIN)
+"""Driver kinds whose runs start from an MLE actor (``algo.actor_init`` or their own MLE stage)."""
+
+
+def _resolve(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -37,11 +53,20 @@ class AlgorithmEntry:
     """What the learner optimises (the runtime's switch)."""
     summary: str
     kind: str = SUPERVISED
-    """Which driver runs it (``SUPERVISED`` or ``ACTOR_CRITIC``)."""
+    """Which driver runs it (a key of ``DRIVERS``)."""
 
     def algorithm_cls(self) -> type:
-        module, name = self.algorithm_path.split(":")
-        return getattr(importlib.import_module(module), name)
+        """The RLlib Algorithm class (imported now)."""
+        return _resolve(self.algorithm_path)
+
+    def driver(self) -> Callable[..., dict[str, Any]]:
+        """The training driver ``(cfg, resume=False, address=None) -> results`` (imported now)."""
+        return _resolve(DRIVERS[self.kind])
+
+    @property
+    def starts_from_mle(self) -> bool:
+        """Whether its runs start from an MLE actor."""
+        return self.kind in STARTS_FROM_MLE
 
 
 _SUPERVISED = "rayseq.runtime.supervised:SupervisedSeqAlgorithm"
@@ -51,7 +76,7 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
     "mle": AlgorithmEntry(MLEConfig, _SUPERVISED, "mle", "maximum likelihood (teacher forcing)"),
     "raml": AlgorithmEntry(RAMLConfig, _SUPERVISED, "raml", "reward augmented maximum likelihood, Eq. (1)-(2)"),
     "vaml": AlgorithmEntry(
-        VAMLConfig, "rayseq.runtime.vaml:VAMLAlgorithm", "vaml", "value augmented maximum likelihood: soft Q-net Eq. (16), actor Eq. (17)"
+        VAMLConfig, "rayseq.runtime.vaml:VAMLAlgorithm", "vaml", "value augmented maximum likelihood: soft Q-net Eq. (16), actor Eq. (17)", VAML,
     ),
     "ac": AlgorithmEntry(ACConfig, _ACTOR_CRITIC, "ac", "actor-critic (Bahdanau et al. 2016): ERAC with τ = 0", ACTOR_CRITIC),
     "erac": AlgorithmEntry(ERACConfig, _ACTOR_CRITIC, "erac", "entropy-regularised actor-critic, Eq. (18)-(20)", ACTOR_CRITIC),

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rayseq.replay import ReplayStats
+from rayseq.replay_memory import ReplayStats
 from rayseq.rollout import Episode
 
 URL_ENV = "RAYSEQ_REDIS_URL"

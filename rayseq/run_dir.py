@@ -1,11 +1,16 @@
-"""The run directory: create it, record ``run.json``, refuse to mix two runs, write results.
+"""The run directory: create it, record ``run.json``, refuse to mix two runs, checkpoints, results.
 
-Layout (files other modules add are listed where they are written)::
+The one reader and writer of a run's artefacts (the actor files' format is ``rayseq.actor_io``)::
 
-    RUN_DIR/run.json        the run config (``rayseq.config.to_dict``), written by prepare_run_dir
-    RUN_DIR/metrics.jsonl   one JSON object per logged step (``rayseq.metrics.MetricsWriter``)
-    RUN_DIR/tb/             TensorBoard event files (same scalars)
-    RUN_DIR/results.json    final numbers (``write_results``)
+    RUN_DIR/run.json          the run config (``rayseq.config.to_dict``), written by prepare_run_dir
+    RUN_DIR/metrics.jsonl     one JSON object per logged step (``rayseq.metrics.MetricsWriter``)
+    RUN_DIR/tb/               TensorBoard event files (same scalars)
+    RUN_DIR/actor_best.pt     the actor with the best validation BLEU (``ACTOR_FILES``)
+    RUN_DIR/actor_latest.pt   the actor at the latest validation
+    RUN_DIR/checkpoint/       the algorithm's state + trainer_state.json (``save_checkpoint``)
+    RUN_DIR/stages.json       the stages a multi-stage run has finished (``read_stages``)
+    RUN_DIR/mle/              the MLE stage of a run that trains its own start actor (a run dir)
+    RUN_DIR/results.json      final numbers (``write_results``)
 
 Every file here is written atomically: a hidden temp file in the same folder, fsync, ``os.replace``;
 a reader or a crash sees the old file or the new one, never half of one.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -24,6 +30,21 @@ from rayseq.data.atomic import atomic_write_bytes as _atomic_write_bytes
 
 RUN_JSON = "run.json"
 """The run config inside a run directory."""
+
+ACTOR_FILES: dict[str, str] = {"best": "actor_best.pt", "latest": "actor_latest.pt"}
+"""``which`` -> actor file name inside a run directory."""
+
+CHECKPOINT_DIR = "checkpoint"
+"""The latest checkpoint inside a run directory: the algorithm's saved state + ``TRAINER_STATE``."""
+
+TRAINER_STATE = "trainer_state.json"
+"""The driver's own state (step, schedule, best so far, stage progress) inside a checkpoint."""
+
+STAGES_JSON = "stages.json"
+"""Finished stages of a multi-stage run (the MLE stage's actor and scores, ...)."""
+
+MLE_DIR = "mle"
+"""The MLE stage's own run directory inside a run that trains its start actor."""
 
 RESULTS_JSON = "results.json"
 """Final results inside a run directory."""
@@ -76,11 +97,12 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 # ----------------------------------------------------------------------------- run directory
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dotted(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → dotted keys (``{"algo": {"lr": 1}}`` → ``{"algo.lr": 1}``)."""
     out: dict[str, Any] = {}
-    for key, value in d.items():
+    for key, value in mapping.items():
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -91,7 +113,7 @@ def config_differences(
 ) -> list[str]:
     """``"key: old → new"`` for every dotted key whose value differs, except ``ignore``d keys."""
     # compare as JSON stores them (a tuple in the config is a list in run.json)
-    a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
+    a, b = flatten_dotted(json.loads(json.dumps(old))), flatten_dotted(json.loads(json.dumps(new)))
     skip = set(ignore)
     missing = object()
     diffs = []
@@ -190,8 +212,69 @@ def write_results(run_dir: str | os.PathLike[str], results: Mapping[str, Any]) -
     return atomic_write_json(Path(run_dir) / RESULTS_JSON, dict(results))
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(algo: Any, run_dir: str | os.PathLike[str], trainer_state: Mapping[str, Any]) -> Path:
+    """``algo.save_to_path`` + ``trainer_state`` as ``RUN_DIR/checkpoint``, replacing the previous
+    checkpoint only once the new one is complete (a kill at any point leaves one good checkpoint)."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save_to_path(str(tmp.resolve()))
+    atomic_write_json(tmp / TRAINER_STATE, dict(trainer_state))
+    final, old = run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}.old"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)  # stale: `final` is the last good checkpoint
+        os.replace(final, old)
+    # else `old` (if any) is the last good checkpoint (a kill between the renames): keep it until `final` exists
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore_checkpoint(algo: Any, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Restore ``algo`` from ``RUN_DIR/checkpoint`` and return its trainer state ({} if none)."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / CHECKPOINT_DIR
+    if not ckpt.is_dir() and (run_dir / f".{CHECKPOINT_DIR}.old").is_dir():
+        ckpt = run_dir / f".{CHECKPOINT_DIR}.old"  # killed between the two renames
+    if not ckpt.is_dir():
+        return {}
+    algo.restore_from_path(str(ckpt.resolve()))
+    return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``RUN_DIR`` holds a checkpoint to resume from."""
+    run_dir = Path(run_dir)
+    return (run_dir / CHECKPOINT_DIR).is_dir() or (run_dir / f".{CHECKPOINT_DIR}.old").is_dir()
+
+
+def read_stages(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``RUN_DIR/stages.json`` ({} when no stage has finished)."""
+    path = Path(run_dir) / STAGES_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def write_stages(run_dir: str | os.PathLike[str], stages: Mapping[str, Any]) -> Path:
+    """Record the finished stages (atomically)."""
+    return atomic_write_json(Path(run_dir) / STAGES_JSON, dict(stages))
+
+
+def read_results(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """``RUN_DIR/results.json`` as a dict, or None when the run has not finished."""
+    path = Path(run_dir) / RESULTS_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 __all__ = [
+    "ACTOR_FILES",
+    "CHECKPOINT_DIR",
     "METRICS_JSONL",
+    "MLE_DIR",
+    "STAGES_JSON",
+    "TRAINER_STATE",
     "RESULTS_JSON",
     "RESUME_MAY_CHANGE",
     "RUN_JSON",
@@ -199,6 +282,13 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "config_differences",
+    "flatten_dotted",
+    "has_checkpoint",
+    "read_results",
+    "read_stages",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "write_stages",
     "prepare_run_dir",
     "read_run_json",
     "write_results",

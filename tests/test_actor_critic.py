@@ -139,11 +139,11 @@ def test_ac_keeps_tau_zero_and_nofutent_keeps_critic_tau_zero() -> None:
 
 def test_nan_loss_stops_training_with_the_step_term_and_checkpoint(tmp_path) -> None:
     from rayseq.errors import TrainingError
-    from rayseq.train_ac import _check_finite
+    from rayseq.drivers.stage import check_finite
 
-    _check_finite([{"step": 3, "loss/critic_td": 1.0}], tmp_path, "joint")
-    with pytest.raises(TrainingError, match=r"loss/critic_td is nan at update 7 \(joint stage\).*checkpoint"):
-        _check_finite([{"step": 7, "loss/critic_td": float("nan")}], tmp_path, "joint")
+    check_finite([{"step": 3, "loss/critic_td": 1.0}], "joint stage", tmp_path, "a smaller lr")
+    with pytest.raises(TrainingError, match=r"loss/critic_td is nan at update 7 \(joint stage\).*checkpoint.*smaller lr"):
+        check_finite([{"step": 7, "loss/critic_td": float("nan")}], "joint stage", tmp_path, "a smaller lr")
 
 
 # ============================================================================ on in-process Ray

@@ -12,7 +12,7 @@ import pytest
 import torch
 from coco_tiny import make_tiny_coco
 
-from rayseq.evaluation_coco import cider_d, coco_bleu
+from rayseq.evaluation.coco import cider_d, coco_bleu
 from rayseq.models.base import BOS, IncrementalDecoder
 from rayseq.models.nic import NIC
 from rayseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -105,7 +105,7 @@ def test_nic_teacher_forcing_equals_incremental_steps_and_the_image_matters() ->
 
 def test_decoding_and_actor_file_round_trip(tmp_path: Path) -> None:
     from rayseq.actor_io import load_actor, save_actor
-    from rayseq.commands.translate import translate_ids
+    from rayseq.evaluation.decode import translate_ids
     from rayseq.data.coco import FeatureSourceVocab
     from rayseq.data.errors import DataError
     from rayseq.data.vocab import Vocab

@@ -15,8 +15,8 @@ from rayseq import actor_io
 from rayseq.actor_io import load_actor, read_run_info, resolve_actor, save_actor
 from rayseq.commands import evaluate as eval_cmd
 from rayseq.commands import translate as translate_cmd
-from rayseq.commands.evaluate import evaluate
-from rayseq.commands.translate import translate_lines
+from rayseq.evaluation.score import evaluate
+from rayseq.evaluation.decode import translate_lines
 from rayseq.data.batching import pad_batch
 from rayseq.data.errors import DataError
 from rayseq.data.tasks import SHIPPED_ROOT, load_task

@@ -22,11 +22,11 @@ pytestmark = pytest.mark.ray
 @pytest.fixture
 def erac_algo(tmp_path, ray_session):
     from rayseq.data.tasks import load_task
-    from rayseq.train_ac import _build_ac_algorithm
+    from rayseq.runtime.builders import build_actor_critic_algorithm
 
     cfg = build_run_config("erac", ERACConfig, "cpu", "toy", ["log_every=1", "batch_size=10"], out=str(tmp_path / "run"),
                            num_rollout_workers=2, envs_per_worker=8)
-    algo = _build_ac_algorithm(cfg, load_task("toy"))
+    algo = build_actor_critic_algorithm(cfg, load_task("toy"))
     algo.set_stage("joint")
     yield algo
     algo.stop()
@@ -89,7 +89,7 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, epoch: int, timeout_
 _DIE_DURING_SAVE = r"""
 import os, signal, sys
 from pathlib import Path
-from rayseq import train
+from rayseq import run_dir
 
 run = Path(sys.argv[1])
 mode = sys.argv[2]
@@ -110,7 +110,7 @@ def replace(src, dst):
     if mode == "between-renames" and str(dst).endswith(".checkpoint.old"):
         os.kill(os.getpid(), signal.SIGKILL)  # the old one moved aside, the new one not yet in place
 os.replace = replace
-train._save_checkpoint(HalfWritten(), run, {"epoch": 99})
+run_dir.save_checkpoint(HalfWritten(), run, {"epoch": 99})
 """
 
 

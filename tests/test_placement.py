@@ -37,11 +37,11 @@ while sum(n["Alive"] for n in ray.nodes()) < int(sys.argv[2]):
 from rayseq.algorithms.erac import ERACConfig
 from rayseq.config import build_run_config
 from rayseq.data.tasks import load_task
-from rayseq.train_ac import _build_ac_algorithm
+from rayseq.runtime.builders import build_actor_critic_algorithm
 
 cfg = build_run_config("erac", ERACConfig, "cpu", "toy", ["batch_size=10", f"learner_resource={sys.argv[4]}"],
                        out=sys.argv[3], num_learners=1, num_gpus_per_learner=0, num_rollout_workers=2, envs_per_worker=2)
-algo = _build_ac_algorithm(cfg, load_task("toy"))
+algo = build_actor_critic_algorithm(cfg, load_task("toy"))
 node_id = lambda *_: ray.get_runtime_context().get_node_id()
 learners = [r.get() for r in algo.learner_group.foreach_learner(lambda learner: (node_id(), str(learner._device)))]
 runners = algo.env_runner_group.foreach_env_runner(node_id, local_env_runner=False)

@@ -124,12 +124,12 @@ def test_actor_critic_training_on_the_redis_backend(server, tmp_path, ray_sessio
     from rayseq.algorithms.erac import ERACConfig
     from rayseq.config import build_run_config
     from rayseq.data.tasks import load_task
-    from rayseq.train_ac import _build_ac_algorithm
+    from rayseq.runtime.builders import build_actor_critic_algorithm
 
     cfg = build_run_config("erac", ERACConfig, "cpu", "toy", [f"algo.replay_backend={server.url}", "batch_size=10",
                            "algo.replay_capacity=40", "log_every=1"], out=str(tmp_path / "run"),
                            num_rollout_workers=1, envs_per_worker=8)
-    algo = _build_ac_algorithm(cfg, load_task("toy"))
+    algo = build_actor_critic_algorithm(cfg, load_task("toy"))
     try:
         algo.set_stage("joint")
         algo.updates_per_iteration = 3

@@ -41,24 +41,25 @@ def test_smoke_every_registered_supervised_algorithm(algo, tmp_path, ray_session
 def test_resume_gives_the_same_next_updates(tmp_path, ray_session):
     """Checkpoint after epoch 1, restore in a fresh algorithm: epoch 2's losses are the same."""
     from rayseq.data.tasks import load_task
-    from rayseq.train import _build_algorithm, _restore_checkpoint, _save_checkpoint
+    from rayseq.run_dir import restore_checkpoint, save_checkpoint
+    from rayseq.runtime.builders import build_supervised_algorithm
 
     cfg = _toy_config("raml", tmp_path, "model.dropout=0.0", "log_every=1")
     task = load_task("toy")
     tmp_path.joinpath("raml").mkdir()
-    first = _build_algorithm(cfg, task)
+    first = build_supervised_algorithm(cfg, task)
     try:
         first.train()
         first.set_lr(0.3)
-        _save_checkpoint(first, tmp_path / "raml", {"epoch": 1})
+        save_checkpoint(first, tmp_path / "raml", {"epoch": 1})
         first.pop_train_log()
         first.train()
         expected = [r["loss/actor"] for r in first.pop_train_log()]
     finally:
         first.stop()
-    second = _build_algorithm(cfg, task)
+    second = build_supervised_algorithm(cfg, task)
     try:
-        assert _restore_checkpoint(second, tmp_path / "raml") == {"epoch": 1}
+        assert restore_checkpoint(second, tmp_path / "raml") == {"epoch": 1}
         second.train()
         got = [r["loss/actor"] for r in second.pop_train_log()]
     finally:

@@ -175,7 +175,7 @@ def test_a_module_missing_an_api_is_one_clear_error() -> None:
 
 
 def test_iteration_record_maps_rllib_results_to_shared_names() -> None:
-    from rayseq.train_swapin import iteration_record
+    from rayseq.drivers.swapin import iteration_record
 
     ppo = {"learners": {"default_policy": {"policy_loss": 0.1, "vf_loss": 2.0, "entropy": 1.5}},
            "env_runners": {"num_env_steps_sampled": 300, "episode_return_mean": 4.0, "num_env_steps_sampled_lifetime": 900}}
@@ -227,7 +227,7 @@ def test_smoke_every_registered_swapin(algo, tmp_path, mle_run):
     from rayseq.actor_io import load_actor
     from rayseq.metrics import METRIC_NAMES
     from rayseq.train import train
-    from rayseq.train_swapin import SAMPLE_RETURN, SAMPLED_TOKENS
+    from rayseq.drivers.swapin import SAMPLE_RETURN, SAMPLED_TOKENS
 
     run = tmp_path / algo
     cfg = build_run_config(

@@ -217,8 +217,8 @@ def test_qnet_reads_the_redis_replay_of_an_erac_run(tmp_path, ray_session) -> No
     from rayseq.errors import TrainingError
     from rayseq.run_dir import prepare_run_dir
     from rayseq.runtime.vaml import packed_vaml_losses
-    from rayseq.train_ac import _build_ac_algorithm
-    from rayseq.train_vaml import open_run_replay
+    from rayseq.runtime.builders import build_actor_critic_algorithm
+    from rayseq.drivers.vaml import open_run_replay
 
     server = LocalRedis()
     try:
@@ -226,7 +226,7 @@ def test_qnet_reads_the_redis_replay_of_an_erac_run(tmp_path, ray_session) -> No
         cfg = build_run_config("erac", ERACConfig, "cpu", "toy", [f"algo.replay_backend={server.url}", "batch_size=10",
                                "algo.replay_capacity=40"], out=str(run), num_rollout_workers=1, envs_per_worker=8)
         prepare_run_dir(cfg.out, to_dict(cfg), False)
-        algo = _build_ac_algorithm(cfg, load_task("toy"))
+        algo = build_actor_critic_algorithm(cfg, load_task("toy"))
         try:
             algo.set_stage("joint")
             algo.updates_per_iteration = 2

@@ -375,14 +375,6 @@ def gather_actions(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return q.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
 
-def _allowed(vocab: int, exclude: Sequence[int], device: torch.device) -> torch.Tensor:
-    """``[V]`` bool, False at the excluded token ids."""
-    allowed = torch.ones(vocab, dtype=torch.bool, device=device)
-    if len(exclude):
-        allowed[torch.as_tensor(tuple(exclude), dtype=torch.long, device=device)] = False
-    return allowed
-
-
 def _num_seqs(mask: torch.Tensor, num_seqs: int | None = None) -> int:
     """Sequences the per-step sums are averaged over: ``num_seqs``, else the batch rows of ``mask``."""
     return max(int(num_seqs) if num_seqs is not None else mask.size(0), 1)

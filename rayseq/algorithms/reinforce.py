@@ -23,7 +23,7 @@ Step layout, masks and terminal handling are those of ``rayseq.algorithms.erac``
 forced eos of a capped one). Every loss sums over steps and averages over sequences (``num_seqs``,
 default: the rows). Plain torch; no ray.
 
-The runtime (``rayseq.runtime.actor_critic``, ``rayseq.train_ac``) reads the fields both configs
+The runtime (``rayseq.runtime.actor_critic``, ``rayseq.drivers.actor_critic``) reads the fields both configs
 share with :class:`~rayseq.algorithms.erac.ERACConfig` under the same names; the "critic" stage of
 the driver is MIXER's baseline pretraining (``critic_pretrain_epochs`` = ``baseline_pretrain_epochs``)
 and does not exist for SCST (0 epochs).

@@ -95,8 +95,8 @@ def run(cfg: ACTrainBenchConfig) -> dict:
     from rayseq.registry import get_algorithm
     from rayseq.rollout import RolloutSampler, collate
     from rayseq.runtime.session import init_ray
-    from rayseq.train import _build_algorithm
-    from rayseq.train_ac import _build_ac_algorithm
+    from rayseq.runtime.builders import build_supervised_algorithm
+    from rayseq.runtime.builders import build_actor_critic_algorithm
 
     torch.manual_seed(cfg.seed)
     entry = get_algorithm(cfg.algo)
@@ -185,13 +185,13 @@ def run(cfg: ACTrainBenchConfig) -> dict:
     # ---------------------------------------------------------------- fused updates through RLlib
     started = init_ray()
     try:
-        algo = _build_ac_algorithm(ac_cfg, task)
+        algo = build_actor_critic_algorithm(ac_cfg, task)
         algo.set_stage("joint")
         try:
             t_erac = _time_learner_updates(algo, batches, cfg, device)
         finally:
             algo.stop()
-        mle_algo = _build_algorithm(mle_cfg, task)
+        mle_algo = build_supervised_algorithm(mle_cfg, task)
         try:
             t_mle = _time_learner_updates(mle_algo, same_rows, cfg, device)
         finally:

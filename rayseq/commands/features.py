@@ -20,7 +20,7 @@ from typing import Any
 from rayseq.data.coco import (
     COCO,
     CaptionTaskSpec,
-    _annotation_file,
+    annotation_file,
     load_annotations,
     tokenize_caption,
 )
@@ -42,7 +42,7 @@ def make_surrogate_data(
         raise DataError(f"--annotations {src_dir}: folder not found; it must hold {spec.file_pattern.format(split='restval')}[.gz] and the others.")
     files = []
     for _, stem in spec.splits:
-        f = _annotation_file(spec, src_dir, stem)
+        f = annotation_file(spec, src_dir, stem)
         if f is None:
             raise DataError(f"--annotations {src_dir}: no {spec.file_pattern.format(split=stem)}[.gz] in this folder.")
         files.append(f)

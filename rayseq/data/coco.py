@@ -35,6 +35,7 @@ import numpy as np
 
 from rayseq.data.errors import DataError
 from rayseq.data.features import FeatureStore, open_store
+from rayseq.data.paths import DATA_DIR_ENV
 from rayseq.data.vocab import Vocab
 
 PathLike = str | os.PathLike[str]
@@ -292,7 +293,8 @@ class CaptionTask:
         self.__dict__.update(state, _lock=threading.Lock(), _corpora={}, _captions={})
 
 
-def _annotation_file(spec: CaptionTaskSpec, root: Path, stem: str) -> Path | None:
+def annotation_file(spec: CaptionTaskSpec, root: Path, stem: str) -> Path | None:
+    """The annotation file of split ``stem`` under ``root`` (plain or ``.gz``), or None."""
     path = root / spec.file_pattern.format(split=stem)
     for p in (path, path.with_name(path.name + ".gz")):
         if p.is_file():
@@ -302,8 +304,6 @@ def _annotation_file(spec: CaptionTaskSpec, root: Path, stem: str) -> Path | Non
 
 def resolve_caption_dir(spec: CaptionTaskSpec, data_dir: PathLike | None) -> Path:
     """The folder holding ``spec``'s files: ``data_dir`` (or its ``<name>`` subfolder), else ``$RAYSEQ_DATA_DIR/<name>``."""
-    from rayseq.data.tasks import DATA_DIR_ENV
-
     if data_dir is None:
         env = os.environ.get(DATA_DIR_ENV)
         if not env:
@@ -314,7 +314,7 @@ def resolve_caption_dir(spec: CaptionTaskSpec, data_dir: PathLike | None) -> Pat
     if not root.is_dir():
         raise DataError(f"{root}: data directory for task {spec.name!r} {origin} not found. {spec.prepare_hint}")
     vocab_stem = dict(spec.splits)[spec.vocab_split]
-    if _annotation_file(spec, root, vocab_stem) is None and (root / spec.name).is_dir():
+    if annotation_file(spec, root, vocab_stem) is None and (root / spec.name).is_dir():
         root = root / spec.name
     return root.resolve()
 
@@ -329,7 +329,7 @@ def _load_cached(spec: CaptionTaskSpec, root: Path) -> CaptionTask:
     paths: dict[str, Path] = {}
     missing = []
     for split, stem in spec.splits:
-        found = _annotation_file(spec, root, stem)
+        found = annotation_file(spec, root, stem)
         if found is None:
             missing.append(spec.file_pattern.format(split=stem) + "[.gz]")
         else:

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rayseq.data.coco import COCO, CaptionTask, CaptionTaskSpec, load_caption_task
-from rayseq.data.coco import clear_cache as _clear_caption_cache
+from rayseq.data.coco import clear_cache as clear_caption_cache
 from rayseq.data.corpus import ParallelCorpus, load_parallel, read_parallel_text
 from rayseq.data.errors import DataError
+from rayseq.data.paths import DATA_DIR_ENV
 from rayseq.data.vocab import Vocab
-
-DATA_DIR_ENV = "RAYSEQ_DATA_DIR"
-"""Environment variable naming a folder with one subfolder per task (``$RAYSEQ_DATA_DIR/iwslt14``)."""
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "corpora"
 """Corpora that ship inside the package (``rayseq/data/corpora/<task>/``)."""
@@ -166,7 +164,7 @@ def load_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> Task
 def clear_task_cache() -> None:
     """Forget every cached Task (e.g. after the files on disk changed)."""
     _load_task_cached.cache_clear()
-    _clear_caption_cache()
+    clear_caption_cache()
 
 
 @functools.lru_cache(maxsize=None)

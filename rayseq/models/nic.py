@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rayseq.models.seq2seq import DecState, EncoderOut, Seq2SeqConfig
+from rayseq.models.seq2seq_types import DecState, EncoderOut, Seq2SeqConfig
 
 
 class NIC(nn.Module):

@@ -1,14 +1,13 @@
-"""Building RLlib's own PPO / APPO / SAC for the sequence MDP (the swap-ins' RLlib glue).
+"""RLlib's own PPO / APPO / SAC on the sequence MDP (the swap-ins' RLlib glue).
 
-:func:`build_swapin_algorithm` registers ``envs.make_env`` with Tune (``ENV_NAME``: the task's
-training pairs as episodes, the native vector env on each env runner), maps the typed config
-(``rayseq.algorithms.swapins``) onto RLlib's ``AlgorithmConfig``, checks that the module has every
-API the algorithm's learner requires (``rl_module_required_apis``), and builds the unchanged
-RLlib ``Algorithm``. :func:`actor_state` reads the actor's weights back from the learner.
+``register_seq_env`` registers ``envs.make_env`` with Tune (``ENV_NAME``: the task's training pairs
+as episodes, the native vector env on each env runner); ``CONFIGURE`` maps each typed config
+(``rayseq.algorithms.swapins``) onto RLlib's ``AlgorithmConfig``; :func:`actor_state` reads the
+actor's weights back from the learner. ``rayseq.runtime.builders.build_swapin_algorithm`` builds
+the unchanged RLlib ``Algorithm`` from these.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -17,17 +16,11 @@ from rayseq.algorithms.swapins import (
     APPOSwapConfig,
     PPOSwapConfig,
     SACSwapConfig,
-    SwapInConfig,
 )
-from rayseq.config import RunConfig
-from rayseq.data.tasks import Task
 from rayseq.runtime.swapin_module import (
-    HEAD_HIDDEN,
-    INIT_ACTOR,
     SeqAPPOModule,
     SeqPPOModule,
     SeqSACModule,
-    check_module_apis,
 )
 
 ENV_NAME = "rayseq-seqpred"
@@ -100,47 +93,8 @@ def _sac(rl_cfg: Any, sw: SACSwapConfig) -> None:
     rl_cfg.env_runners(rollout_fragment_length=sw.rollout_fragment_length)
 
 
-_CONFIGURE = {PPOSwapConfig: _ppo, APPOSwapConfig: _appo, SACSwapConfig: _sac}
-
-
-def build_swapin_algorithm(cfg: RunConfig, task: Task, init_actor: str | None) -> Any:
-    """RLlib's Algorithm (``registry`` entry ``cfg.algo``) with the actor module, from ``init_actor``."""
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-    from rayseq.registry import get_algorithm
-
-    sw: SwapInConfig = cfg.algo_config
-    module_cls = MODULES[type(sw)]
-    register_seq_env()
-    model_config = asdict(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
-    model_config.update({INIT_ACTOR: init_actor, HEAD_HIDDEN: sw.head_hidden})
-    from envs import CAPTIONING_ID, TRANSLATION_ID
-
-    env_id = CAPTIONING_ID if len(task.src_vocab) == 0 else TRANSLATION_ID  # image features as sources
-    env_config = {"env": env_id, "task": cfg.task, "data_dir": cfg.data_dir, "len_slack": sw.sample_len_slack,
-                  "max_len": sw.max_sample_len}
-    rl_cfg = (
-        get_algorithm(cfg.algo)
-        .algorithm_cls()
-        .get_default_config()
-        .environment(ENV_NAME, env_config=env_config)
-        .env_runners(
-            num_env_runners=cfg.num_rollout_workers,
-            num_envs_per_env_runner=cfg.envs_per_worker,
-            gym_env_vectorize_mode="vector_entry_point",
-        )
-        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.resolved_num_gpus_per_learner(),
-                  custom_resources_per_learner=cfg.custom_resources_per_learner())
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, model_config=model_config))
-        .training(gamma=sw.gamma, grad_clip=sw.grad_clip, grad_clip_by="global_norm")
-        .debugging(seed=cfg.seed)
-        # one Algorithm.train() = one training_step (RLlib's defaults repeat it for >= 1-10 s)
-        .reporting(metrics_num_episodes_for_smoothing=20, min_time_s_per_iteration=0,
-                   min_sample_timesteps_per_iteration=0, min_train_timesteps_per_iteration=0)
-    )
-    _CONFIGURE[type(sw)](rl_cfg, sw)
-    check_module_apis(cfg.algo, rl_cfg.get_default_learner_class(), module_cls)
-    return rl_cfg.build_algo()
+CONFIGURE: dict[type, Any] = {PPOSwapConfig: _ppo, APPOSwapConfig: _appo, SACSwapConfig: _sac}
+"""Swap-in config class → the function that maps it onto RLlib's ``AlgorithmConfig``."""
 
 
 def actor_state(algo: Any) -> dict[str, np.ndarray]:

@@ -9,8 +9,7 @@ The tests check both against ``pycocoevalcap`` on fixed examples.
 Scores are returned in percent (× 100) for BLEU, as the rest of rayseq reports BLEU; CIDEr-D is
 returned on coco-caption's own scale (× 10 built in, so ``1.0`` is what papers print as 100).
 
-The scorers are plain Python + numpy; :func:`evaluate_captions` (``rayseq eval`` of a captioning
-run) imports torch lazily to decode. No ray.
+Plain Python + numpy (``rayseq.evaluation.score.evaluate_captions`` decodes and calls these). No ray.
 """
 
 from __future__ import annotations
@@ -143,82 +142,3 @@ def cider_d(hyps: Sequence[Tokens], refs: Sequence[Sequence[Tokens]], sigma: flo
 def caption_scores(hyps: Sequence[Tokens], refs: Sequence[Sequence[Tokens]]) -> dict[str, float]:
     """BLEU-1..4 (percent) and CIDEr-D of tokenized captions against their references."""
     return {**coco_bleu(hyps, refs), "cider_d": cider_d(hyps, refs)["cider_d"]}
-
-
-def evaluate_captions(
-    run_dir,
-    split: str = "test",
-    beam: int = 5,
-    max_len: int = 100,
-    batch_size: int = 50,
-    hyp_out=None,
-    which: str = "best",
-    length_penalty: float = 0.0,
-    progress: bool = True,
-    data_dir=None,
-    device: str = "cpu",
-) -> dict:
-    """``rayseq eval`` for a captioning run: caption every image of ``split`` and score it.
-
-    Returns the keys of :func:`rayseq.commands.evaluate.evaluate` (``bleu`` is coco-caption's
-    BLEU-4 in percent, ``sacrebleu`` the multi-reference sacreBLEU of the same text) plus
-    ``bleu_1``..``bleu_4``, ``cider_d`` and ``features`` (``surrogate`` or ``resnet101``: what the
-    image features were).
-    """
-    import os
-    import time
-    from pathlib import Path
-
-    from rayseq.actor_io import load_actor, read_run_info, resolve_actor
-    from rayseq.commands.translate import check_decode_args, translate_ids
-    from rayseq.data.atomic import atomic_write_lines
-    from rayseq.data.errors import DataError
-    from rayseq.data.tasks import TASKS, load_task
-    from rayseq.evaluation import sacrebleu_corpus
-
-    check_decode_args(beam, batch_size, max_len, length_penalty)
-    if hyp_out is not None and not Path(hyp_out).parent.is_dir():
-        raise DataError(f"--hyp-out {os.fspath(hyp_out)}: folder {Path(hyp_out).parent} does not exist; create it first.")
-    info = read_run_info(run_dir)
-    spec = TASKS[info.task]
-    if split not in spec.split_names:
-        raise DataError(f"--split {split!r}: task {spec.name!r} has splits {', '.join(spec.split_names)}.")
-    actor_path = resolve_actor(run_dir, which)
-    task = load_task(info.task, data_dir if data_dir is not None else info.data_dir)
-    corpus = task.split(split)
-    actor = load_actor(actor_path, device=device)
-    if actor.model.cfg.src_feature_dim != task.features.dim:
-        raise DataError(
-            f"{task.features.path}: {task.features.dim}-d features but {actor_path} reads "
-            f"{actor.model.cfg.src_feature_dim}-d ones; evaluate with the features it was trained on."
-        )
-    start = time.perf_counter()
-    hyps = translate_ids(actor.model, corpus.src, beam, batch_size, max_len, length_penalty, progress=progress,
-                         desc=f"eval {spec.name}/{split}")
-    seconds = time.perf_counter() - start
-    itos = actor.tgt_vocab.itos
-    hyp_tokens = [[itos[t] for t in h] for h in hyps]
-    scores = caption_scores(hyp_tokens, corpus.refs)
-    sacre = sacrebleu_corpus([" ".join(h) for h in hyp_tokens], [[" ".join(r) for r in refs] for refs in corpus.refs])
-    if hyp_out is not None:
-        atomic_write_lines(hyp_out, [" ".join(h) for h in hyp_tokens])
-    generated = sum(len(h) + 1 for h in hyps)
-    return {
-        "split": f"{spec.name}/{split}",
-        "sentences": len(hyps),
-        "bleu": scores["bleu_4"],
-        **scores,
-        "features": corpus.features_kind,
-        "sacrebleu": sacre["bleu"],
-        "sacrebleu_signature": sacre["signature"],
-        "decode_tokens_per_s": generated / seconds if seconds > 0 else 0.0,
-        "beam": beam,
-        "seconds": seconds,
-        "references": max(len(r) for r in corpus.refs),
-        "max_len": max_len,
-        "length_penalty": length_penalty,
-        "actor": os.fspath(actor_path),
-        "src_file": None,
-        "ref_files": [],
-        "hyp_out": None if hyp_out is None else os.fspath(hyp_out),
-    }

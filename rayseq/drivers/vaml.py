@@ -1,6 +1,6 @@
-"""VAML's step 1 inside ``rayseq train --algo vaml``: train (or load) the Q-net, then hand over.
+"""``rayseq train --algo vaml``: step 1 trains (or loads) the Q-net, step 2 the actor.
 
-``rayseq.train.train`` runs this before its epoch loop when the algorithm has a Q-net stage:
+Step 1 (:func:`qnet_stage`):
 ``algo.qnet_epochs`` passes of soft Q-learning (Eq. 16) over the corrupted training references,
 checkpointed after every pass (``--resume`` continues mid-stage), each pass followed by two
 held-out checks of the Q-net on the validation references:
@@ -11,13 +11,13 @@ held-out checks of the Q-net on the validation references:
   oracle that reads y* should reproduce it (near 100).
 
 The finished Q-net is written to ``RUN_DIR/qnet.pt`` (``algo.qnet_init`` of a later run may reuse
-it and skip step 1). Step 2 (the actor) is the epoch loop of ``rayseq.train``.
+it and skip step 1). Step 2 (the actor, Eq. 17) is the supervised epoch loop
+(``rayseq.drivers.supervised.epoch_loop``) with the Q-net summary kept in its checkpoints.
 """
 from __future__ import annotations
 
 import io
 import math
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,12 +36,18 @@ from rayseq.algorithms.vaml import (
 )
 from rayseq.config import RunConfig
 from rayseq.data.tasks import Task
+from rayseq.drivers.stage import Run, open_run, say
+from rayseq.drivers.supervised import epoch_loop
 from rayseq.errors import TrainingError
-from rayseq.metrics import EPOCH_TIME_S, QNET_GREEDY_BLEU, QNET_VALID_TD, MetricsWriter
+from rayseq.evaluation.bleu import corpus_bleu_ids
+from rayseq.evaluation.decode import translate_ids
+from rayseq.metrics import EPOCH_TIME_S, QNET_GREEDY_BLEU, QNET_VALID_TD
 from rayseq.models.base import BOS, EOS
 from rayseq.models.critic import Critic, CriticConfig
+from rayseq.replay import run_replay_key
 from rayseq.rollout import collate
-from rayseq.run_dir import atomic_write_bytes
+from rayseq.run_dir import atomic_write_bytes, read_run_json
+from rayseq.runtime.builders import build_supervised_algorithm
 
 QNET_FILE = "qnet.pt"
 QNET_FORMAT = "rayseq-qnet/1"
@@ -90,9 +96,7 @@ def load_qnet(spec: str, want: CriticConfig) -> tuple[dict[str, Any], dict[str, 
 def open_run_replay(run_dir: str, seed: int = 0) -> Any:
     """The Redis replay ring of an actor-critic run's joint stage (``algo.qnet_replay=RUN_DIR``): the
     trajectories its rollout workers sampled, read as extra off-policy data for soft Q-learning."""
-    from rayseq.replay import run_replay_key
     from rayseq.replay_redis import RedisReplayBuffer
-    from rayseq.run_dir import read_run_json
 
     try:
         info = read_run_json(run_dir)
@@ -114,9 +118,6 @@ def evaluate_qnet(
     critic: Critic, v: VAMLConfig, task: Task, n: int, max_len: int
 ) -> dict[str, float]:
     """The held-out checks on the first ``n`` validation references (see the module docstring)."""
-    from rayseq.commands.translate import translate_ids
-    from rayseq.evaluation import corpus_bleu_ids
-
     valid = task.split("valid")
     refs = [np.asarray(y) for y in valid.tgt[:n]]
     critic.eval()
@@ -138,19 +139,22 @@ def evaluate_qnet(
     return {QNET_VALID_TD: td / max(seqs, 1), QNET_GREEDY_BLEU: float(bleu)}
 
 
-def qnet_stage(
-    algo: Any, cfg: RunConfig, task: Task, run_dir: Path, writer: MetricsWriter, state: dict[str, Any], save_checkpoint
-) -> dict[str, Any]:
+def qnet_stage(run: Run) -> dict[str, Any]:
     """Step 1 (or its resumption, or ``algo.qnet_init``); leaves the algorithm in stage ``actor``.
 
-    ``save_checkpoint(trainer_state)`` checkpoints the algorithm. Returns the Q-net summary that
-    goes into ``results.json`` (``updates``, the held-out checks, ``path``, ``wall_time_s``).
+    Checkpoints after every pass. Returns the Q-net summary that goes into ``results.json``
+    (``updates``, the held-out checks, ``path``, ``wall_time_s``).
     """
+    algo, cfg, task, run_dir = run.algo, run.cfg, run.task, run.run_dir
     v: VAMLConfig = cfg.algo_config
-    summary = dict(state.get("qnet") or {})
+    summary = dict(run.state.get("qnet") or {})
     if summary.get("done"):
         algo.set_stage("actor")
         return summary
+
+    def checkpoint(summary: dict[str, Any]) -> None:
+        run.checkpoint({"epoch": 0, "step": algo.num_updates, "qnet": summary})
+
     critic_cfg = qnet_config(cfg, task)
     critic = Critic(critic_cfg)
     t0 = time.monotonic() - float(summary.get("wall_time_s", 0.0))
@@ -168,26 +172,19 @@ def qnet_stage(
         total = math.ceil(v.qnet_epochs * n_pairs / v.qnet_batch_size)
         algo.set_stage("qnet")
         if algo.qnet_updates < total:
-            print(f"[Q-net stage] {total - algo.qnet_updates} updates of soft Q-learning (Eq. 16), "
-                  f"τ = {v.tau}, {v.num_corruptions} corruptions per reference", file=sys.stderr, flush=True)
+            say(f"[Q-net stage] {total - algo.qnet_updates} updates of soft Q-learning (Eq. 16), "
+                f"τ = {v.tau}, {v.num_corruptions} corruptions per reference")
         while algo.qnet_updates < total:
             t_chunk = time.perf_counter()
             algo.train_qnet(min(per_epoch, total - algo.qnet_updates))
-            for rec in algo.pop_train_log():
-                value = float(next(x for k, x in rec.items() if k.startswith("loss/")))
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"Q-net TD loss is {value} at update {rec['step']}; training stopped. Resume with --resume "
-                        f"{run_dir} and a smaller algo.qnet_lr."
-                    )
-                writer.log(rec.pop("step"), 0.0, {k: x for k, x in rec.items() if k != "epoch"})
+            run.log_records(algo.pop_train_log(), "Q-net stage", "a smaller algo.qnet_lr", epoch_of=lambda _: 0.0)
             critic.load_state_dict({k: torch.as_tensor(np.asarray(x)) for k, x in algo.qnet_state_dict().items()})
             checks = evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len)
-            writer.log(algo.num_updates, 0.0, {**checks, EPOCH_TIME_S: time.perf_counter() - t_chunk})
+            run.writer.log(algo.num_updates, 0.0, {**checks, EPOCH_TIME_S: time.perf_counter() - t_chunk})
             summary = {"source": "trained", "updates": algo.qnet_updates, **checks, "wall_time_s": time.monotonic() - t0}
-            print(f"[Q-net stage] update {algo.qnet_updates}/{total}: held-out TD {checks[QNET_VALID_TD]:.3f}, "
-                  f"greedy BLEU given y* {checks[QNET_GREEDY_BLEU]:.2f}", file=sys.stderr, flush=True)
-            save_checkpoint({"epoch": 0, "step": algo.num_updates, "qnet": summary})
+            say(f"[Q-net stage] update {algo.qnet_updates}/{total}: held-out TD {checks[QNET_VALID_TD]:.3f}, "
+                f"greedy BLEU given y* {checks[QNET_GREEDY_BLEU]:.2f}")
+            checkpoint(summary)
         if "updates" not in summary:  # qnet_epochs = 0: an untrained Q-net, evaluated as is
             critic.load_state_dict({k: torch.as_tensor(np.asarray(x)) for k, x in algo.qnet_state_dict().items()})
             summary = {"source": "trained", "updates": 0, **evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len)}
@@ -195,6 +192,16 @@ def qnet_stage(
                          {"task": cfg.task, "tau": v.tau, "updates": algo.qnet_updates, "run_dir": str(run_dir)})
         summary["path"] = str(path)
     summary.update(done=True, wall_time_s=time.monotonic() - t0)
-    save_checkpoint({"epoch": 0, "step": algo.num_updates, "qnet": summary})
+    checkpoint(summary)
     algo.set_stage("actor")
     return summary
+
+
+def build(cfg: RunConfig, task: Task, start: Any) -> Any:
+    return build_supervised_algorithm(cfg, task)
+
+
+def train_vaml(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """Run (or resume) VAML: the Q-net stage, then the actor epochs; returns ``results.json``."""
+    with open_run(cfg, resume, address, build) as run:
+        return epoch_loop(run, {"qnet": qnet_stage(run)})

@@ -1,0 +1,315 @@
+"""Score a critic (ERAC/AC) or a Q-net (VAML) on held-out data with ``rayseq.algorithms.critic_metrics``.
+
+* :func:`score_critic` — an actor-critic's critic Q_φ against its actor π_θ: samples from the actor
+  on the first ``n_sentences`` sources (the training samples' length cap, BLEU-increment rewards
+  of ``envs.rewards`` through ``erac.token_rewards``), then the held-out TD error against the
+  critic's own soft Bellman backup (Eq. 19), the rank correlation of Q with the Monte-Carlo soft
+  return, the entropy of softmax(Q/τ) on the sampled states, and on the reference prefixes the
+  top-1 / top-5 accuracy and the eos margin.
+* :func:`score_qnet` — VAML's Q-net, which has no actor: reference prefixes only (top-1 / top-5,
+  entropy of P_Qφ = softmax(Q/τ) of Eq. 17, eos margin).
+
+Both return ``{metric name: float}`` under the shared names of ``rayseq.metrics``
+(:data:`CRITIC_METRICS` says what each one is), put the models in eval mode while scoring and
+restore their modes afterwards. Plain torch/numpy; no ray.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from rayseq.algorithms.critic_metrics import (
+    boltzmann_entropy,
+    eos_margin,
+    mc_rank_correlation,
+    soft_returns,
+    td_error_per_token,
+    topk_accuracy,
+)
+from rayseq.algorithms.erac import (
+    capped_at,
+    gather_actions,
+    policy_log_probs,
+    soft_value,
+    step_masks,
+    token_rewards,
+)
+from rayseq.data.batching import pad_batch
+from rayseq.decoding import BANNED_TOKENS, sample, teacher_forcing_io
+from rayseq.metrics import (
+    CRITIC_EOS_MARGIN,
+    CRITIC_EOS_MARGIN_POSITIVE,
+    CRITIC_MC_RANK_CORR,
+    CRITIC_TARGET_ENTROPY,
+    CRITIC_TOP1_ACC,
+    CRITIC_TOP5_ACC,
+    CRITIC_VALID_TD,
+)
+from rayseq.models.base import EOS, PAD
+from rayseq.models.critic import Critic
+from rayseq.models.seq2seq import Seq2Seq
+
+CRITIC_METRICS: dict[str, str] = {
+    CRITIC_VALID_TD: "held-out soft TD error (Q(s_t,a_t) − r_t − V(s_{t+1}))² per token on the actor's samples, "
+    "V from the critic itself (Eq. 19; no ½, mean over tokens)",
+    CRITIC_TOP1_ACC: "share of reference prefixes y*_1..t where argmax_w Q(s, w) is y*_{t+1} (eos after y*); ties count as misses",
+    CRITIC_TOP5_ACC: "the same with y*_{t+1} among the 5 best tokens of Q",
+    CRITIC_MC_RANK_CORR: "Spearman ρ of Q(s_t, a_t) with the Monte-Carlo soft return r_t + Σ_{k>t}(r_k − τ log π(a_k|s_k)) "
+    "of the actor's samples (Q^π of Eq. 9)",
+    CRITIC_TARGET_ENTROPY: "mean entropy (nats) of softmax(Q/τ), the actor's target (Eq. 20 / VAML Eq. 17); "
+    "on the actor's sampled states (score_critic) or the reference prefixes (score_qnet)",
+    CRITIC_EOS_MARGIN: "mean Q(y*, eos) − max_{w≠eos} Q(y*, w) on the complete reference (> 0: the critic says stop)",
+    CRITIC_EOS_MARGIN_POSITIVE: "share of references where that margin is > 0",
+}
+"""What each key of :func:`score_critic` / :func:`score_qnet` measures."""
+
+
+class SplitLike(Protocol):
+    """A data split: parallel lists of source and reference token ids (``ParallelCorpus``)."""
+
+    src: Sequence[np.ndarray]
+    tgt: Sequence[np.ndarray]
+
+
+Data = SplitLike | tuple[Sequence[np.ndarray], Sequence[np.ndarray]]
+
+
+def _pairs(data: Data, n_sentences: int, fn: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first ``n_sentences`` (source, reference) pairs of ``data``."""
+    if not (isinstance(n_sentences, int) and n_sentences >= 1):
+        raise ValueError(f"{fn}: n_sentences={n_sentences!r} must be an int >= 1.")
+    if isinstance(data, tuple):
+        if len(data) != 2:
+            raise ValueError(f"{fn}: data as a tuple must be (sources, references); got {len(data)} items.")
+        srcs, refs = data
+    elif hasattr(data, "src") and hasattr(data, "tgt"):
+        srcs, refs = data.src, data.tgt
+    else:
+        raise TypeError(
+            f"{fn}: data is a {type(data).__name__}; pass a split (task.split('valid')) or a "
+            f"(sources, references) tuple of token-id arrays."
+        )
+    if len(srcs) != len(refs):
+        raise ValueError(f"{fn}: {len(srcs)} sources but {len(refs)} references.")
+    if len(refs) == 0:
+        raise ValueError(f"{fn}: the data has no sentences.")
+    n = min(n_sentences, len(refs))
+    refs_out = [np.asarray(y, dtype=np.int64).reshape(-1) for y in refs[:n]]
+    empty = [i for i, y in enumerate(refs_out) if y.size == 0]
+    if empty:
+        raise ValueError(f"{fn}: reference {empty[0]} is empty; every reference needs >= 1 token.")
+    return [np.asarray(x) for x in srcs[:n]], refs_out
+
+
+class _Mean:
+    """Running mean of per-batch means, weighted by their counts (NaN-mean batches skipped)."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, mean: torch.Tensor | float, count: torch.Tensor | int) -> None:
+        c = int(count)
+        if c > 0:
+            self.total += float(mean) * c
+            self.count += c
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+def _reference_checks(
+    critic: Critic,
+    ref: torch.Tensor,  # [B, R]
+    ref_len: torch.Tensor,  # [B]
+    exclude: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q on the reference prefixes: ``(q [B, R + 1, V], next tokens [B, R + 1], mask [B, R + 1])``.
+
+    Decoder input ``<bos> y*``; position t = state y*_1..t, next token y*_{t+1}, eos at t = |y*|.
+    """
+    tgt_in, next_tokens = teacher_forcing_io(ref, ref_len)  # [B, R + 1] each
+    q = critic(ref, ref_len, tgt_in)  # [B, R + 1, V]
+    t = torch.arange(tgt_in.size(1), device=ref.device).unsqueeze(0)  # [1, R + 1]
+    mask = t <= ref_len.unsqueeze(1)  # [B, R + 1]
+    return q, next_tokens.masked_fill(~mask, EOS), mask
+
+
+class _EvalMode:
+    """Put modules in eval mode; restore their train/eval modes on exit."""
+
+    def __init__(self, *modules: torch.nn.Module) -> None:
+        self.modules = modules
+        self.modes = [m.training for m in modules]
+
+    def __enter__(self) -> None:
+        for m in self.modules:
+            m.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in zip(self.modules, self.modes):
+            m.train(mode)
+
+
+@torch.no_grad()
+def score_critic(
+    critic: Critic,
+    actor: Seq2Seq,
+    data: Data,
+    tau: float,
+    n_sentences: int = 200,
+    *,
+    critic_tau: float | None = None,
+    len_slack: int = 10,
+    max_len: int = 50,
+    samples_per_source: int = 1,
+    batch_size: int = 64,
+    seed: int = 0,
+    exclude: Sequence[int] = BANNED_TOKENS,
+    smooth: str = "plus1",
+    scale: str | None = "ref_len",
+) -> dict[str, float]:
+    """Critic-quality metrics of an ERAC/AC critic Q_φ against its actor π_θ (keys: :data:`CRITIC_METRICS`).
+
+    Args:
+      critic: the critic Q_φ(s, w; y*) (reads the reference).
+      actor: the actor π_θ whose samples are scored (sampled in eval mode, temperature 1).
+      data: a split (``task.split("valid")``) or a ``(sources, references)`` tuple of token ids.
+      tau: τ of the actor objective (Eq. 20): the temperature of the target softmax(Q/τ).
+      n_sentences: score the first this many sentences.
+      critic_tau: τ of the critic's target V̄ (Eq. 19) and of the soft return; None = ``tau``
+        (``ERACConfig.target_tau``).
+      len_slack, max_len: the training samples' cap, min(|y*| + len_slack, max_len) tokens; a
+        sample at the cap ends at its last token (no eos step), as in the env.
+      samples_per_source: samples drawn per source.
+      batch_size: sources per forward pass.
+      seed: seeds the sampling (same seed, same weights → same numbers).
+      exclude: tokens that are never actions (π = 0; their Q ignored).
+      smooth, scale: the reward's BLEU smoothing and scale (``envs.rewards``; official: plus1, |y*|).
+
+    Returns floats: ``critic/valid_td``, ``critic/mc_rank_corr``, ``critic/target_entropy`` on
+    the sampled states; ``critic/top1_acc``, ``critic/top5_acc``, ``critic/eos_margin``,
+    ``critic/eos_margin_positive`` on the reference prefixes. ``mc_rank_corr`` is NaN when
+    undefined (fewer than two steps, or a constant Q or return).
+    """
+    fn = "score_critic"
+    v_tau = tau if critic_tau is None else critic_tau
+    for name, value in (("tau", tau), ("critic_tau", v_tau)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{fn}: {name}={value!r} must be a finite number >= 0 (0 = AC).")
+    for name, value, low in (("len_slack", len_slack, 0), ("max_len", max_len, 1),
+                             ("samples_per_source", samples_per_source, 1), ("batch_size", batch_size, 1)):
+        if not (isinstance(value, int) and value >= low):
+            raise ValueError(f"{fn}: {name}={value!r} must be an int >= {low}.")
+    srcs, refs = _pairs(data, n_sentences, fn)
+    device = next(critic.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    k = samples_per_source
+    td, ent, top1, top5, margin, positive = _Mean(), _Mean(), _Mean(), _Mean(), _Mean(), _Mean()
+    q_taken_all: list[torch.Tensor] = []
+    returns_all: list[torch.Tensor] = []
+    with _EvalMode(critic, actor):
+        for start in range(0, len(refs), batch_size):
+            b_src, b_ref = srcs[start : start + batch_size], refs[start : start + batch_size]
+            src_np, src_len_np = pad_batch(b_src, pad=PAD)
+            ref_np, ref_len_np = pad_batch(b_ref, pad=PAD)
+            src, src_len = torch.as_tensor(src_np, device=device), torch.as_tensor(src_len_np, device=device)
+            ref, ref_len = torch.as_tensor(ref_np, device=device), torch.as_tensor(ref_len_np, device=device)
+            # Samples of the actor, capped as the training samples (cap tokens, then no eos step)
+            cap = (ref_len + len_slack).clamp(max=max_len)  # [B] tokens at most
+            steps = (cap + 1).repeat_interleave(k)  # [N] decoder steps, eos included
+            tokens, lengths, _ = sample(actor, src, src_len, cap + 1, num_samples=k, generator=gen, banned=exclude)
+            tgt_in, actions = teacher_forcing_io(tokens, lengths)  # [N, T] each
+            width = tgt_in.size(1)
+            mask, done = step_masks(lengths, capped_at(lengths, steps), width)  # [N, T]
+            rewards = token_rewards(tokens, lengths, [y for y in b_ref for _ in range(k)], width, smooth, scale)
+            # Critic and actor on the sampled states
+            q = critic.decode(critic.expand_encoder(critic.encode(ref, ref_len), k), tgt_in)  # [N, T, V]
+            logp = policy_log_probs(actor.decode(actor.expand_encoder(actor.encode(src, src_len), k), tgt_in), exclude)
+            values = soft_value(q, logp, v_tau, mask, exclude)  # [N, T] V(s_t), Eq. (9)
+            q_taken = gather_actions(q, actions)  # [N, T]
+            n_steps = mask.sum()
+            td.add(td_error_per_token(q_taken, rewards, values, done, mask), n_steps)
+            ent.add(boltzmann_entropy(q, tau, mask, exclude), n_steps)
+            g = soft_returns(rewards, gather_actions(logp, actions), mask, v_tau)  # [N, T]
+            q_taken_all.append(q_taken[mask].double().cpu())
+            returns_all.append(g[mask].double().cpu())
+            # Reference prefixes
+            q_ref, next_ref, mask_ref = _reference_checks(critic, ref, ref_len, exclude)
+            n_ref = mask_ref.sum()
+            top1.add(topk_accuracy(q_ref, next_ref, mask_ref, 1, exclude), n_ref)
+            top5.add(topk_accuracy(q_ref, next_ref, mask_ref, 5, exclude), n_ref)
+            em = eos_margin(q_ref, ref_len, mask_ref, EOS, exclude)
+            margin.add(em.mean, em.count)
+            positive.add(em.positive, em.count)
+    q_cat, g_cat = torch.cat(q_taken_all), torch.cat(returns_all)  # [K]
+    every = torch.ones(1, q_cat.numel(), dtype=torch.bool)
+    return {
+        CRITIC_VALID_TD: td.value,
+        CRITIC_MC_RANK_CORR: mc_rank_correlation(q_cat.unsqueeze(0), g_cat.unsqueeze(0), every),
+        CRITIC_TARGET_ENTROPY: ent.value,
+        CRITIC_TOP1_ACC: top1.value,
+        CRITIC_TOP5_ACC: top5.value,
+        CRITIC_EOS_MARGIN: margin.value,
+        CRITIC_EOS_MARGIN_POSITIVE: positive.value,
+    }
+
+
+@torch.no_grad()
+def score_qnet(
+    qnet: Critic,
+    data: Data,
+    tau: float,
+    n_sentences: int = 200,
+    *,
+    batch_size: int = 64,
+    exclude: Sequence[int] = BANNED_TOKENS,
+) -> dict[str, float]:
+    """Critic-quality metrics of VAML's Q-net (no actor) on the reference prefixes of ``data``.
+
+    Args:
+      qnet: the Q-net Q_φ(s, w; y*) (a :class:`Critic`).
+      data: a split (``task.split("valid")``) or a ``(sources, references)`` tuple (sources unused).
+      tau: VAML's τ (Eq. 10 / 17): the temperature of P_Qφ = softmax(Q/τ).
+      n_sentences: score the first this many references.
+      batch_size: references per forward pass.
+      exclude: tokens that are never actions (``VAMLConfig.exclude_tokens``).
+
+    Returns floats: ``critic/top1_acc``, ``critic/top5_acc``, ``critic/target_entropy``
+    (entropy of P_Qφ on the reference prefixes), ``critic/eos_margin``,
+    ``critic/eos_margin_positive``.
+    """
+    fn = "score_qnet"
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
+        raise ValueError(f"{fn}: tau={tau!r} must be a finite number >= 0.")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"{fn}: batch_size={batch_size!r} must be an int >= 1.")
+    _, refs = _pairs(data, n_sentences, fn)
+    device = next(qnet.parameters()).device
+    top1, top5, ent, margin, positive = _Mean(), _Mean(), _Mean(), _Mean(), _Mean()
+    with _EvalMode(qnet):
+        for start in range(0, len(refs), batch_size):
+            ref_np, ref_len_np = pad_batch(refs[start : start + batch_size], pad=PAD)
+            ref, ref_len = torch.as_tensor(ref_np, device=device), torch.as_tensor(ref_len_np, device=device)
+            q, next_ref, mask = _reference_checks(qnet, ref, ref_len, exclude)  # [B, T, V], [B, T], [B, T]
+            n = mask.sum()
+            top1.add(topk_accuracy(q, next_ref, mask, 1, exclude), n)
+            top5.add(topk_accuracy(q, next_ref, mask, 5, exclude), n)
+            ent.add(boltzmann_entropy(q, tau, mask, exclude), n)
+            em = eos_margin(q, ref_len, mask, EOS, exclude)
+            margin.add(em.mean, em.count)
+            positive.add(em.positive, em.count)
+    return {
+        CRITIC_TOP1_ACC: top1.value,
+        CRITIC_TOP5_ACC: top5.value,
+        CRITIC_TARGET_ENTROPY: ent.value,
+        CRITIC_EOS_MARGIN: margin.value,
+        CRITIC_EOS_MARGIN_POSITIVE: positive.value,
+    }
+
+
+__all__ = ["CRITIC_METRICS", "score_critic", "score_qnet"]

@@ -1,0 +1,75 @@
+"""``rayseq train --algo mle|raml``: epochs of dataset batches on the learner.
+
+Per epoch: the algorithm's ``train()`` (RLlib learners do the updates), then validation BLEU of
+the actor on the driver, the lr schedule (× ``lr_decay`` on no improvement, stop after
+``max_decays``), checkpoints (RLlib state + the plain actor file, latest and best), metrics
+(``metrics.jsonl``, TensorBoard) and the learning-curve PNG. At the end the best actor is
+evaluated on the test split (``results.json``). ``--resume`` continues from the latest
+checkpoint: same step counter, same schedule, same data order. VAML runs the same epochs after
+its Q-net stage (``rayseq.drivers.vaml``).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from rayseq.algorithms.mle import PlateauSchedule
+from rayseq.config import RunConfig
+from rayseq.drivers.stage import Run, open_run, say
+from rayseq.metrics import BLEU_VALID, EPOCH_TIME_S, LR, TOKENS_PER_S, TOKENS_TOTAL
+from rayseq.runtime.builders import build_supervised_algorithm
+
+
+def plateau_schedule(cfg: RunConfig, state: Mapping[str, Any]) -> PlateauSchedule:
+    """The official validation-driven lr schedule of the actor epochs, restored from ``state``."""
+    a = cfg.algo_config
+    schedule = PlateauSchedule(lr=a.lr, decay=a.lr_decay, max_decays=a.max_decays)
+    if "schedule" in state:
+        schedule.load_state_dict(state["schedule"])
+    return schedule
+
+
+def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Actor epochs until ``cfg.epochs`` or the schedule stops; returns ``results.json``.
+
+    ``extra`` (a stage summary, e.g. VAML's Q-net) is kept in every checkpoint and in the results.
+    """
+    cfg, algo, state = run.cfg, run.algo, run.state
+    extra = dict(extra or {})
+    schedule = plateau_schedule(cfg, state)
+    algo.set_lr(schedule.lr)
+    epoch, step = int(state.get("epoch", 0)), int(algo.num_updates)
+    best_epoch = state.get("best_epoch")
+    hint = "a smaller lr (algo.lr=...)"
+    while epoch < cfg.epochs and not schedule.should_stop:
+        t0 = time.perf_counter()
+        result = algo.train()
+        run.log_records(algo.pop_train_log(), f"epoch {epoch + 1}", hint)
+        epoch += 1
+        step = int(algo.num_updates)
+        model = run.actor()
+        bleu = run.validate(model)
+        improved = schedule.step(bleu)
+        if improved:
+            best_epoch = epoch
+        algo.set_lr(schedule.lr)
+        run.keep(
+            model, bleu, improved, step=step, epoch=epoch, position={"epoch": epoch},
+            metrics={LR: schedule.lr, TOKENS_PER_S: float(result.get(TOKENS_PER_S, 0.0)),
+                     TOKENS_TOTAL: float(algo.tokens_total), EPOCH_TIME_S: time.perf_counter() - t0},
+            trainer_state={"epoch": epoch, "step": step, "schedule": schedule.state_dict(), "best_epoch": best_epoch, **extra},
+        )
+        say(f"epoch {epoch}: valid BLEU {bleu:.2f} (best {schedule.best:.2f}, epoch {best_epoch}), lr {schedule.lr:g}")
+    return run.finish(step, epoch, {"epochs": epoch, "updates": step, "best_epoch": best_epoch,
+                                    BLEU_VALID: schedule.best, **extra})
+
+
+def build(cfg: RunConfig, task: Any, start: Any) -> Any:
+    return build_supervised_algorithm(cfg, task)
+
+
+def train_supervised(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """Run (or resume) MLE or RAML training; returns the contents of ``results.json``."""
+    with open_run(cfg, resume, address, build) as run:
+        return epoch_loop(run)
