@@ -256,3 +256,36 @@ def resolve_actor(run_dir: PathLike, which: str = "best") -> Path:
     else:
         hint = "is it a rayseq run directory? Train one with `rayseq train ...`."
     raise DataError(f"{run_dir} has no {ACTOR_FILES[which]}; {hint}")
+
+
+# ---------------------------------------------------------------------------- critic files
+
+CRITIC_FORMAT = "rayseq-critic/1"
+"""Format tag of a critic file (``critic_best.pt``: the critic joint training starts from)."""
+
+CRITIC_FILE = "critic_best.pt"
+"""The best pretrained critic of an actor-critic run (its held-out TD error was lowest)."""
+
+
+def save_critic_file(path: PathLike, state_dict: dict[str, Any], critic_config: dict[str, Any], meta: dict[str, Any],
+                     fmt: str = CRITIC_FORMAT) -> Path:
+    """``{"format", "critic_config", "state_dict", "meta"}`` as one ``torch.save``, written atomically
+    (a critic of an actor-critic run, or VAML's Q-net with its own ``fmt``)."""
+    payload = {"format": fmt, "critic_config": dict(critic_config),
+               "state_dict": {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()},
+               "meta": _jsonable(meta, "meta")}
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_critic_file(path: PathLike, fmt: str = CRITIC_FORMAT) -> dict[str, Any]:
+    """The dict :func:`save_critic_file` wrote; DataError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such critic file; train the run (it writes {CRITIC_FILE} after critic pretraining).")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 — any unreadable file is the user's to fix
+        raise DataError(f"{path}: not a readable critic file ({err}).") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise DataError(f"{path}: not a {fmt} file (format {obj.get('format') if isinstance(obj, dict) else None!r}).")
+    return obj

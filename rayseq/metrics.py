@@ -53,7 +53,12 @@ QNET_GREEDY_BLEU = "qnet/greedy_bleu"
 WORKER_RESTARTS = "workers/restarts"
 REPLAY_SIZE = "replay/size"
 LOSS_VALUE = "loss/value"
-CRITIC_VALID_TD = "critic/valid_td"  # held-out soft TD error (Q − Q̂)² per token (rayseq.critic_scoring)
+DECODE_LEN_RATIO = "decode/len_ratio"  # validation outputs' total length / the references' (rayseq.evaluation.score)
+DECODE_LOOP_SHARE = "decode/loop_share"  # share of validation outputs with a repeated 3-gram
+DECODE_AT_CAP_SHARE = "decode/at_cap_share"  # share of validation outputs that ran to the decoding cap
+LR_CRITIC = "lr/critic"  # the critic optimiser's learning rate
+CRITIC_BEST_TD = "critic/best_valid_td"  # the best held-out TD error of critic pretraining so far
+CRITIC_VALID_TD = "critic/valid_td"  # held-out soft TD error (Q − Q̂)² per token (rayseq.evaluation.critic)
 CRITIC_TOP1_ACC = "critic/top1_acc"  # share of reference prefixes where argmax_w Q is the next reference token
 CRITIC_TOP5_ACC = "critic/top5_acc"  # the same with the next reference token among the 5 best
 CRITIC_MC_RANK_CORR = "critic/mc_rank_corr"  # Spearman ρ of Q(s_t, a_t) with the actor's Monte-Carlo soft return
@@ -89,6 +94,21 @@ METRIC_NAMES: dict[str, str] = {
     WORKER_RESTARTS: "rollout-worker restarts so far (RLlib restarted a failed env runner; training went on)",
     REPLAY_SIZE: "episodes held by the replay buffer (memory or Redis backend)",
     LOSS_VALUE: "squared error of a learned state-value head V(s) against its return target (PPO: GAE, APPO: V-trace)",
+    DECODE_LEN_RATIO: "validation outputs' total length / the references' total length (> 1: the actor runs long)",
+    DECODE_LOOP_SHARE: "share of validation outputs in which some 3-gram occurs twice (decoding loops)",
+    DECODE_AT_CAP_SHARE: "share of validation outputs that ran to max_decode_len without <eos>",
+    LR_CRITIC: "current learning rate of the critic (critic pretraining's plateau schedule)",
+    CRITIC_BEST_TD: "the best held-out TD error of critic pretraining so far (it picks the critic joint training starts from)",
+    CRITIC_VALID_TD: "held-out soft TD error (Q(s_t,a_t) − r_t − V(s_{t+1}))² per token on the actor's samples, "
+    "V from the critic itself (Eq. 19; no ½, mean over tokens)",
+    CRITIC_TOP1_ACC: "share of reference prefixes y*_1..t where argmax_w Q(s, w) is y*_{t+1} (eos after y*); ties count as misses",
+    CRITIC_TOP5_ACC: "the same with y*_{t+1} among the 5 best tokens of Q",
+    CRITIC_MC_RANK_CORR: "Spearman ρ of Q(s_t, a_t) with the Monte-Carlo soft return r_t + Σ_{k>t}(r_k − τ log π(a_k|s_k)) "
+    "of the actor's samples (Q^π of Eq. 9)",
+    CRITIC_TARGET_ENTROPY: "mean entropy (nats) of softmax(Q/τ), the actor's target (Eq. 20 / VAML Eq. 17); "
+    "on the actor's sampled states (score_critic) or the reference prefixes (score_qnet)",
+    CRITIC_EOS_MARGIN: "mean Q(y*, eos) − max_{w≠eos} Q(y*, w) on the complete reference (> 0: the critic says stop)",
+    CRITIC_EOS_MARGIN_POSITIVE: "share of references where that margin is > 0",
 }
 """Every shared metric name → what it measures. Log these names; others are allowed but
 should only be added here once two algorithms use them."""

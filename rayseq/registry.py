@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rayseq.algorithms.erac import ACConfig, ERACConfig, ERACNoFutEntConfig
+from rayseq.algorithms.erac import ACConfig, ERACConfig, ERACEq20Config, ERACNoFutEntConfig
 from rayseq.algorithms.mle import MLEConfig
 from rayseq.algorithms.raml import RAMLConfig
 from rayseq.algorithms.reinforce import MIXERConfig, SCSTConfig
@@ -79,7 +79,12 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
         VAMLConfig, "rayseq.runtime.vaml:VAMLAlgorithm", "vaml", "value augmented maximum likelihood: soft Q-net Eq. (16), actor Eq. (17)", VAML,
     ),
     "ac": AlgorithmEntry(ACConfig, _ACTOR_CRITIC, "ac", "actor-critic (Bahdanau et al. 2016): ERAC with τ = 0", ACTOR_CRITIC),
-    "erac": AlgorithmEntry(ERACConfig, _ACTOR_CRITIC, "erac", "entropy-regularised actor-critic, Eq. (18)-(20)", ACTOR_CRITIC),
+    "erac": AlgorithmEntry(
+        ERACConfig, _ACTOR_CRITIC, "erac", "entropy-regularised actor-critic, Eq. (18)-(20), with the official actor term", ACTOR_CRITIC
+    ),
+    "erac-eq20": AlgorithmEntry(
+        ERACEq20Config, _ACTOR_CRITIC, "erac-eq20", "ERAC with Eq. (20) as printed (full τ in the actor; an ablation)", ACTOR_CRITIC
+    ),
     "erac-nofutent": AlgorithmEntry(
         ERACNoFutEntConfig, _ACTOR_CRITIC, "erac-nofutent", "ERAC without future entropy (critic τ = 0; Table 4)", ACTOR_CRITIC
     ),

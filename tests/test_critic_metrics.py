@@ -1,5 +1,5 @@
 """Critic-quality metrics (rayseq.algorithms.critic_metrics) against hand-computed tensors and the
-exact oracle of envs/oracle.py, and the scorer (rayseq.critic_scoring) end to end on the toy task."""
+exact oracle of envs/oracle.py, and the scorer (rayseq.evaluation.critic) end to end on the toy task."""
 from __future__ import annotations
 
 import math
@@ -21,7 +21,7 @@ from rayseq.algorithms.critic_metrics import (
 )
 from rayseq.algorithms.erac import soft_value, step_masks
 from rayseq.algorithms.vaml import soft_max_value
-from rayseq.critic_scoring import CRITIC_METRICS, score_critic, score_qnet
+from rayseq.evaluation.critic import CRITIC_METRICS, score_critic, score_qnet
 from rayseq.metrics import (
     CRITIC_EOS_MARGIN,
     CRITIC_EOS_MARGIN_POSITIVE,

@@ -17,7 +17,7 @@ the Q it learned is *useful*, on states the learner did not train on:
 Step layout: that of ``rayseq.algorithms.erac`` (position t of an ``[N, T]`` / ``[N, T, V]``
 tensor is state s_t = y_1..t and its action a_t). Tokens in ``exclude`` (default ``<pad>``,
 ``<bos>``) are never actions: their Q is ignored everywhere.
-``rayseq.critic_scoring`` runs a critic on data and calls these. Plain torch/numpy; no ray.
+``rayseq.evaluation.critic`` runs a critic on data and calls these. Plain torch/numpy; no ray.
 """
 from __future__ import annotations
 

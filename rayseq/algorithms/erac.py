@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "erac": {},
     "ac": {"tau": 0.0, "critic_tau": None},
     "erac-nofutent": {"critic_tau": 0.0},
+    "erac-eq20": {"normalize_logpi_l2": False},
 }
 """Config overrides of each actor-critic variant of the paper (Table 1 / Table 4)."""
 
@@ -92,7 +93,20 @@ class ERACConfig:
     """Max global L2 norm of each model's gradient."""
     critic_pretrain_epochs: float = 20.0
     """Epochs (× the training pairs, in sampled episodes) of critic pretraining against the frozen
-    MLE actor (official: up to 20). Fractions allowed."""
+    MLE actor (official: up to 20; it stops earlier on a held-out plateau). Fractions allowed."""
+    critic_valid_every: int = 0
+    """Score the critic on held-out samples of the frozen actor every this many pretraining
+    updates (its TD error decides the best critic and the lr decay); 0 = every epoch."""
+    critic_valid_sentences: int | None = None
+    """Validation sources the critic is scored on (pretraining checks and at every joint
+    validation); None = the whole validation split."""
+    critic_lr_decay: float = 0.5
+    """Critic pretraining lr × this after a held-out check without improvement (official 0.5)."""
+    critic_max_decays: int = 5
+    """Decays allowed before the next non-improvement ends critic pretraining (official: 5)."""
+    fresh_joint_optimizers: bool = True
+    """Joint training starts with fresh Adam state (official); False carries the critic's
+    pretraining moments over."""
     joint_epochs: float = 30.0
     """Epochs of joint actor-critic training (official: up to 30). Fractions allowed."""
     valid_every: int = 0
@@ -131,9 +145,11 @@ class ERACConfig:
     """The same slack in critic pretraining."""
     max_sample_len: int = 50
     """Cap on decoder steps of a training sample (eos included, forced at the last step)."""
-    normalize_logpi_l2: bool = False
-    """Official undocumented quirk: L2-normalise log π over the vocabulary inside the actor's
-    entropy term (shrinks it by ‖log π‖₂). Off = Eq. (20) as written."""
+    normalize_logpi_l2: bool = True
+    """The official code's actor term (undocumented in the paper, and what the published numbers
+    came from): log π L2-normalised over the vocabulary inside the actor's entropy term, which
+    shrinks it by ‖log π‖₂; the critic's V̄ keeps the full τ. False = Eq. (20) as printed (the
+    ``erac-eq20`` ablation)."""
     exclude_tokens: tuple[int, ...] = (PAD, BOS)
     """Token ids that are never actions (π = 0, no loss): ``<pad>``, ``<bos>``."""
     seed: int = 1234
@@ -274,6 +290,20 @@ class ACConfig(ERACConfig):
                 f"ACConfig: tau = {self.tau}, critic_tau = {self.critic_tau}: AC needs τ = 0 "
                 f"everywhere; use --algo erac (or erac-nofutent) for τ > 0."
             )
+
+
+@dataclass
+class ERACEq20Config(ERACConfig):
+    """ERAC with the actor objective of Eq. (20) as printed: the full τ · entropy in the actor
+    (an ablation; the official code L2-normalises log π there, see ``normalize_logpi_l2``)."""
+
+    normalize_logpi_l2: bool = False
+    """Must stay False in this variant (that is what it is)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.normalize_logpi_l2:
+            raise ValueError("ERACEq20Config: normalize_logpi_l2 = True is plain `--algo erac`; this variant is Eq. (20) as printed.")
 
 
 @dataclass

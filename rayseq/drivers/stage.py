@@ -32,7 +32,7 @@ from rayseq.actor_io import save_actor
 from rayseq.config import RunConfig, to_dict
 from rayseq.data.tasks import Task, load_task
 from rayseq.errors import TrainingError
-from rayseq.evaluation.score import evaluate, validation_bleu
+from rayseq.evaluation.score import Validation, evaluate, validate_actor
 from rayseq.metrics import BLEU_TEST, BLEU_VALID, MetricsWriter, plot_learning_curve
 from rayseq.models.seq2seq import Seq2Seq
 from rayseq.run_dir import (
@@ -113,10 +113,11 @@ class Run:
         model.load_state_dict({k: torch.tensor(v) for k, v in self.actor_weights(self.algo).items()})  # copies
         return model.eval()
 
-    def validate(self, model: Seq2Seq) -> float:
-        """Validation BLEU as the run's config says (split ``valid``, beam, first N sentences)."""
+    def validate(self, model: Seq2Seq) -> Validation:
+        """Validation BLEU as the run's config says (split ``valid``, beam, first N sentences),
+        with the decoded outputs' length ratio and loop share."""
         cfg = self.cfg
-        return validation_bleu(model, self.task, "valid", cfg.valid_max_sentences, cfg.valid_beam, cfg.max_decode_len)
+        return validate_actor(model, self.task, "valid", cfg.valid_max_sentences, cfg.valid_beam, cfg.max_decode_len)
 
     def save_actor(self, which: str, model: Seq2Seq, position: Mapping[str, Any], bleu: float) -> None:
         """``actor_{which}.pt`` with this run's vocabularies and ``position`` + ``bleu/valid`` in its meta."""
@@ -126,7 +127,7 @@ class Run:
     def keep(
         self,
         model: Seq2Seq,
-        bleu: float,
+        valid: Validation,
         improved: bool,
         *,
         step: int,
@@ -136,11 +137,11 @@ class Run:
         trainer_state: Mapping[str, Any],
     ) -> None:
         """After a validation: the best actor (if ``improved``) and the latest, the validation log
-        line (``bleu/valid`` + ``metrics``), the checkpoint and the learning curve."""
+        line (``bleu/valid``, the decoding stats, ``metrics``), the checkpoint and the learning curve."""
         if improved:
-            self.save_actor("best", model, position, bleu)
-        self.save_actor("latest", model, position, bleu)
-        self.writer.log(step, epoch, {BLEU_VALID: bleu, **metrics})
+            self.save_actor("best", model, position, valid.bleu)
+        self.save_actor("latest", model, position, valid.bleu)
+        self.writer.log(step, epoch, {BLEU_VALID: valid.bleu, **valid.stats, **metrics})
         self.checkpoint(trainer_state)
 
     def checkpoint(self, trainer_state: Mapping[str, Any]) -> None:

@@ -49,18 +49,18 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
         epoch += 1
         step = int(algo.num_updates)
         model = run.actor()
-        bleu = run.validate(model)
-        improved = schedule.step(bleu)
+        valid = run.validate(model)
+        improved = schedule.step(valid.bleu)
         if improved:
             best_epoch = epoch
         algo.set_lr(schedule.lr)
         run.keep(
-            model, bleu, improved, step=step, epoch=epoch, position={"epoch": epoch},
+            model, valid, improved, step=step, epoch=epoch, position={"epoch": epoch},
             metrics={LR: schedule.lr, TOKENS_PER_S: float(result.get(TOKENS_PER_S, 0.0)),
                      TOKENS_TOTAL: float(algo.tokens_total), EPOCH_TIME_S: time.perf_counter() - t0},
             trainer_state={"epoch": epoch, "step": step, "schedule": schedule.state_dict(), "best_epoch": best_epoch, **extra},
         )
-        say(f"epoch {epoch}: valid BLEU {bleu:.2f} (best {schedule.best:.2f}, epoch {best_epoch}), lr {schedule.lr:g}")
+        say(f"epoch {epoch}: valid BLEU {valid.bleu:.2f} (best {schedule.best:.2f}, epoch {best_epoch}), lr {schedule.lr:g}")
     return run.finish(step, epoch, {"epochs": epoch, "updates": step, "best_epoch": best_epoch,
                                     BLEU_VALID: schedule.best, **extra})
 

@@ -93,7 +93,7 @@ def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = Non
         start_bleu, best, best_it = state.get("start_bleu"), state.get("best_bleu"), state.get("best_iteration")
         if start_bleu is None:
             model = run.actor()
-            start_bleu = best = run.validate(model)
+            start_bleu = best = run.validate(model).bleu
             best_it = 0
             run.save_actor("best", model, {"step": 0}, best)
             run.writer.log(0, 0.0, {BLEU_VALID: start_bleu, SAMPLED_TOKENS: 0.0})
@@ -109,12 +109,13 @@ def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = Non
             if it % sw.valid_every_iters and it < sw.iterations:
                 continue
             model = run.actor()
-            bleu = run.validate(model)
+            valid = run.validate(model)
+            bleu = valid.bleu
             improved = bleu > best
             if improved:
                 best, best_it = bleu, it
             run.keep(
-                model, bleu, improved, step=it, epoch=episodes / num_pairs, position={"step": it},
+                model, valid, improved, step=it, epoch=episodes / num_pairs, position={"step": it},
                 metrics={EPOCH_TIME_S: time.perf_counter() - t_chunk, SAMPLED_TOKENS: rec.get(SAMPLED_TOKENS, 0.0)},
                 trainer_state={"iteration": it, "episodes": episodes, "start_bleu": start_bleu, "best_bleu": best,
                                "best_iteration": best_it},

@@ -16,7 +16,6 @@ it and skip step 1). Step 2 (the actor, Eq. 17) is the supervised epoch loop
 """
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import asdict
@@ -34,7 +33,9 @@ from rayseq.algorithms.vaml import (
     soft_q_loss,
     soft_q_target,
 )
+from rayseq.actor_io import load_critic_file, save_critic_file
 from rayseq.config import RunConfig
+from rayseq.data.errors import DataError
 from rayseq.data.tasks import Task
 from rayseq.drivers.stage import Run, open_run, say
 from rayseq.drivers.supervised import epoch_loop
@@ -46,7 +47,7 @@ from rayseq.models.base import BOS, EOS
 from rayseq.models.critic import Critic, CriticConfig
 from rayseq.replay import run_replay_key
 from rayseq.rollout import collate
-from rayseq.run_dir import atomic_write_bytes, read_run_json
+from rayseq.run_dir import read_run_json
 from rayseq.runtime.builders import build_supervised_algorithm
 
 QNET_FILE = "qnet.pt"
@@ -60,13 +61,7 @@ def qnet_config(cfg: RunConfig, task: Task) -> CriticConfig:
 
 def save_qnet(path: Path, state_dict: dict[str, Any], critic_cfg: CriticConfig, meta: dict[str, Any]) -> Path:
     """``qnet.pt``: format tag, the ``CriticConfig``, the weights and ``meta``; written atomically."""
-    buf = io.BytesIO()
-    torch.save(
-        {"format": QNET_FORMAT, "critic_config": asdict(critic_cfg),
-         "state_dict": {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}, "meta": meta},
-        buf,
-    )
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_critic_file(path, state_dict, asdict(critic_cfg), meta, fmt=QNET_FORMAT)
 
 
 def load_qnet(spec: str, want: CriticConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -78,11 +73,9 @@ def load_qnet(spec: str, want: CriticConfig) -> tuple[dict[str, Any], dict[str, 
     if not path.is_file():
         raise TrainingError(f"algo.qnet_init={spec}: no Q-net file {path}; name a VAML run dir or its {QNET_FILE}.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 — any unreadable file is the user's to fix
-        raise TrainingError(f"algo.qnet_init={path}: not a readable Q-net file ({err}).") from None
-    if not isinstance(obj, dict) or obj.get("format") != QNET_FORMAT:
-        raise TrainingError(f"algo.qnet_init={path}: not a {QNET_FORMAT} file (written by `rayseq train --algo vaml`).")
+        obj = load_critic_file(path, fmt=QNET_FORMAT)
+    except DataError as err:
+        raise TrainingError(f"algo.qnet_init={err} (written by `rayseq train --algo vaml`).") from None
     have = obj["critic_config"]
     diffs = [f"{k}: file {have.get(k)!r} vs run {v!r}" for k, v in asdict(want).items() if have.get(k) != v]
     if diffs:

@@ -36,7 +36,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from rayseq.actor_io import RUN_JSON, load_actor, read_run_info, resolve_actor
 from rayseq.data.atomic import atomic_write_lines
@@ -47,6 +48,7 @@ from rayseq.data.tasks import TASKS, Task, load_task
 from rayseq.evaluation.bleu import corpus_bleu_ids, ids_to_text, sacrebleu_corpus
 from rayseq.evaluation.coco import caption_scores, coco_bleu
 from rayseq.evaluation.decode import check_decode_args, translate_ids
+from rayseq.metrics import DECODE_AT_CAP_SHARE, DECODE_LEN_RATIO, DECODE_LOOP_SHARE
 from rayseq.models.base import UNK
 from rayseq.models.seq2seq import Seq2Seq
 
@@ -231,15 +233,56 @@ def evaluate_captions(
     }
 
 
-def validation_bleu(model: Seq2Seq, task: Task, split: str = "valid", max_sentences: int | None = None,
-                    beam: int = 1, max_len: int = 100, progress: bool = False) -> float:
+class Validation(NamedTuple):
+    """One validation of an actor: BLEU and how its decoded outputs look."""
+
+    bleu: float
+    stats: dict[str, float]
+    """``decode/len_ratio``, ``decode/loop_share``, ``decode/at_cap_share`` (:func:`decode_stats`)."""
+
+
+def repeats_ngram(tokens: Sequence[int], n: int = 3) -> bool:
+    """Whether some n-gram occurs more than once in ``tokens`` (a decoding loop's signature)."""
+    seen: set[tuple[int, ...]] = set()
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i : i + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
+def decode_stats(hyps: Sequence[Sequence[int]], ref_lens: Sequence[int], max_len: int) -> dict[str, float]:
+    """How decoded outputs look against their references: total length ratio (hypothesis tokens /
+    reference tokens), the share with a repeated 3-gram (loops) and the share that ran to the
+    decoding cap (``max_len`` steps with ``<eos>``, i.e. ``max_len − 1`` tokens) without stopping."""
+    n = max(len(hyps), 1)
+    return {
+        DECODE_LEN_RATIO: sum(len(h) for h in hyps) / max(sum(ref_lens), 1),
+        DECODE_LOOP_SHARE: sum(repeats_ngram(h) for h in hyps) / n,
+        DECODE_AT_CAP_SHARE: sum(len(h) >= max_len - 1 for h in hyps) / n,
+    }
+
+
+def validate_actor(model: Seq2Seq, task: Task, split: str = "valid", max_sentences: int | None = None,
+                   beam: int = 1, max_len: int = 100, progress: bool = False) -> Validation:
     """Corpus BLEU (paper style, token ids) of ``model`` on ``split`` (its first ``max_sentences``
-    if set); for captioning, coco-caption's multi-reference BLEU-4."""
+    if set; for captioning, coco-caption's multi-reference BLEU-4) and :func:`decode_stats`."""
     corpus = task.split(split)
     n = len(corpus) if max_sentences is None else min(max_sentences, len(corpus))
     model.eval()
     hyps = translate_ids(model, corpus.src[:n], beam=beam, max_len=max_len, progress=progress, desc=f"{split} BLEU")
     if hasattr(corpus, "refs"):  # captioning: multi-reference BLEU-4 as coco-caption computes it
         itos = task.tgt_vocab.itos
-        return float(coco_bleu([[itos[t] for t in h] for h in hyps], corpus.refs[:n])["bleu_4"])
-    return float(corpus_bleu_ids(hyps, [[r] for r in corpus.tgt[:n]])["bleu"])
+        bleu = float(coco_bleu([[itos[t] for t in h] for h in hyps], corpus.refs[:n])["bleu_4"])
+        ref_lens = [min(len(r) for r in refs) for refs in corpus.refs[:n]]
+    else:
+        bleu = float(corpus_bleu_ids(hyps, [[r] for r in corpus.tgt[:n]])["bleu"])
+        ref_lens = [len(r) for r in corpus.tgt[:n]]
+    return Validation(bleu, decode_stats(hyps, ref_lens, max_len))
+
+
+def validation_bleu(model: Seq2Seq, task: Task, split: str = "valid", max_sentences: int | None = None,
+                    beam: int = 1, max_len: int = 100, progress: bool = False) -> float:
+    """The BLEU of :func:`validate_actor`."""
+    return validate_actor(model, task, split, max_sentences, beam, max_len, progress).bleu

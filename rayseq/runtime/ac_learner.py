@@ -237,6 +237,32 @@ class ActorCriticLearner(TorchLearner):
             for group in self.get_optimizer(module_id, "actor").param_groups:
                 group["lr"] = lr
 
+    def set_critic_lr(self, lr: float) -> None:
+        """The critic's learning rate (critic pretraining's decay on a held-out plateau)."""
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
+            for group in self.get_optimizer(module_id, "critic").param_groups:
+                group["lr"] = lr
+
+    def critic_state_dict(self) -> dict[str, Any]:
+        """The critic's weights (``Critic`` keys) as numpy arrays."""
+        module = self._ac(next(iter(self.module.keys())))
+        return {k: v.detach().cpu().numpy().copy() for k, v in module.critic.state_dict().items()}
+
+    def load_critic(self, state_dict: dict[str, Any]) -> None:
+        """Load critic weights into the critic and the target critic (the best pretrained critic)."""
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
+            module = self._ac(module_id)
+            weights = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+            module.critic.load_state_dict(weights)
+            module.target_critic.load_state_dict(weights)
+
+    def reset_optimizers(self) -> None:
+        """Forget every optimiser's moments (Adam's m, v, step): the official fresh optimisers of
+        joint training, at the lr and betas the stage set."""
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
+            for _, optimizer in self.get_optimizers_for_module(module_id):
+                optimizer.state.clear()
+
     # ----------------------------------------------------------------- loss
 
     @override(TorchLearner)

@@ -173,6 +173,22 @@ class ActorCriticAlgorithm(Algorithm):
     def set_lr(self, lr: float) -> None:
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
 
+    def set_critic_lr(self, lr: float) -> None:
+        """The critic optimiser's lr on every learner (critic pretraining's plateau schedule)."""
+        self.learner_group.foreach_learner(lambda learner: learner.set_critic_lr(lr))
+
+    def critic_state_dict(self) -> dict[str, Any]:
+        """The critic's weights (``rayseq.models.critic.Critic`` keys) from the (first) learner."""
+        return next(iter(self.learner_group.foreach_learner(lambda learner: learner.critic_state_dict()))).get()
+
+    def load_critic(self, state_dict: dict[str, Any]) -> None:
+        """Load critic (and target critic) weights on every learner."""
+        self.learner_group.foreach_learner(lambda learner: learner.load_critic(state_dict))
+
+    def reset_optimizers(self) -> None:
+        """Fresh optimiser state on every learner (joint training starts with new Adam moments)."""
+        self.learner_group.foreach_learner(lambda learner: learner.reset_optimizers())
+
     def _inference_state(self) -> dict[str, Any]:
         """The inference-only module state (``actor.*`` keys) of the (first) learner."""
         state = self.learner_group.get_state(

@@ -48,23 +48,16 @@ from rayseq.metrics import (
     CRITIC_TOP1_ACC,
     CRITIC_TOP5_ACC,
     CRITIC_VALID_TD,
+    METRIC_NAMES,
 )
 from rayseq.models.base import EOS, PAD
 from rayseq.models.critic import Critic
 from rayseq.models.seq2seq import Seq2Seq
 
-CRITIC_METRICS: dict[str, str] = {
-    CRITIC_VALID_TD: "held-out soft TD error (Q(s_t,a_t) − r_t − V(s_{t+1}))² per token on the actor's samples, "
-    "V from the critic itself (Eq. 19; no ½, mean over tokens)",
-    CRITIC_TOP1_ACC: "share of reference prefixes y*_1..t where argmax_w Q(s, w) is y*_{t+1} (eos after y*); ties count as misses",
-    CRITIC_TOP5_ACC: "the same with y*_{t+1} among the 5 best tokens of Q",
-    CRITIC_MC_RANK_CORR: "Spearman ρ of Q(s_t, a_t) with the Monte-Carlo soft return r_t + Σ_{k>t}(r_k − τ log π(a_k|s_k)) "
-    "of the actor's samples (Q^π of Eq. 9)",
-    CRITIC_TARGET_ENTROPY: "mean entropy (nats) of softmax(Q/τ), the actor's target (Eq. 20 / VAML Eq. 17); "
-    "on the actor's sampled states (score_critic) or the reference prefixes (score_qnet)",
-    CRITIC_EOS_MARGIN: "mean Q(y*, eos) − max_{w≠eos} Q(y*, w) on the complete reference (> 0: the critic says stop)",
-    CRITIC_EOS_MARGIN_POSITIVE: "share of references where that margin is > 0",
-}
+CRITIC_METRICS: dict[str, str] = {k: METRIC_NAMES[k] for k in (
+    CRITIC_VALID_TD, CRITIC_TOP1_ACC, CRITIC_TOP5_ACC, CRITIC_MC_RANK_CORR, CRITIC_TARGET_ENTROPY,
+    CRITIC_EOS_MARGIN, CRITIC_EOS_MARGIN_POSITIVE,
+)}
 """What each key of :func:`score_critic` / :func:`score_qnet` measures."""
 
 
