@@ -36,6 +36,7 @@ import argparse
 import json
 
 from rayseq.actor_io import ACTOR_FILES
+from rayseq.evaluation.critic import CRITIC_METRICS, score_run_critic
 from rayseq.evaluation.score import evaluate
 
 
@@ -58,10 +59,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument(
+        "--critic", action="store_true",
+        help="score the run's critic (actor-critic: critic_best.pt) or Q-net (VAML: qnet.pt) on the validation "
+             "split instead: held-out TD error, next-token accuracy, rank correlation with Monte-Carlo returns, "
+             "entropy of softmax(Q/tau), eos margin",
+    )
+    parser.add_argument("--sentences", type=int, help="with --critic: validation sentences to score (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``rayseq eval``; prints one JSON line with ``--json``, else a short summary."""
+    if args.critic:
+        scores = score_run_critic(args.run_dir, args.sentences, args.which, args.data_dir)
+        if args.json:
+            print(json.dumps(scores))
+            return 0
+        print(f"{scores['kind']} {scores['file']} on {scores['sentences']} validation sentences (τ = {scores['tau']:g})")
+        for key, value in scores.items():
+            if key in CRITIC_METRICS:
+                print(f"  {key:28s} {value:.4f}   {CRITIC_METRICS[key]}")
+        return 0
     result = evaluate(
         args.run_dir,
         split=args.split,

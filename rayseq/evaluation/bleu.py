@@ -163,7 +163,8 @@ def sacrebleu_corpus(
     streams = [
         [r[j] if j < len(r) else None for r in ref_texts] for j in range(n_streams)
     ]
-    metric = sacrebleu.metrics.BLEU(tokenize="none", smooth_method=smooth_method)
+    # force: the text is tokenized on purpose (the paper scores tokenized output); no "detokenize" warning
+    metric = sacrebleu.metrics.BLEU(tokenize="none", smooth_method=smooth_method, force=True)
     score = metric.corpus_score(list(hyp_texts), streams)
     return {"bleu": float(score.score), "signature": str(metric.get_signature())}
 

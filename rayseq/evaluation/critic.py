@@ -16,8 +16,10 @@ restore their modes afterwards. Plain torch/numpy; no ray.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -305,4 +307,43 @@ def score_qnet(
     }
 
 
-__all__ = ["CRITIC_METRICS", "score_critic", "score_qnet"]
+def score_run_critic(run_dir: str | os.PathLike[str], n_sentences: int | None = None, which: str = "best",
+                     data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``rayseq eval RUN_DIR --critic``: score a run's critic (``critic_best.pt`` of an actor-critic
+    run, against its ``which`` actor) or Q-net (``qnet.pt`` of a VAML run) on the validation split
+    (its first ``n_sentences``; None: the run's ``critic_valid_sentences``, else all)."""
+    from rayseq.actor_io import CRITIC_FILE, load_actor, load_critic_file, read_run_info, resolve_actor
+    from rayseq.data.errors import DataError
+    from rayseq.data.tasks import load_task
+    from rayseq.models.critic import CriticConfig
+
+    info = read_run_info(run_dir)
+    algo = dict(info.extra.get("algo_config") or {})
+    qnet = info.algo == "vaml"
+    path = Path(run_dir) / ("qnet.pt" if qnet else CRITIC_FILE)
+    if not path.is_file():
+        what = "a VAML run writes qnet.pt after its Q-net stage" if qnet else (
+            f"an actor-critic run (ac, erac, ...) writes {CRITIC_FILE} during critic pretraining")
+        raise DataError(f"{path}: not found; {what}. Is {run_dir} such a run, and has it got that far?")
+    obj = load_critic_file(path, fmt="rayseq-qnet/1" if qnet else "rayseq-critic/1")
+    model = Critic(CriticConfig(**obj["critic_config"]))
+    model.load_state_dict(obj["state_dict"])
+    task = load_task(info.task, data_dir if data_dir is not None else info.data_dir)
+    valid = task.split("valid")
+    n = n_sentences or algo.get("critic_valid_sentences") or len(valid)
+    n = min(int(n), len(valid))
+    tau = float(algo.get("tau", 0.0))
+    exclude = tuple(algo.get("exclude_tokens", BANNED_TOKENS))
+    if qnet:
+        metrics = score_qnet(model, valid, tau, n, exclude=exclude)
+    else:
+        actor = load_actor(resolve_actor(run_dir, which)).model
+        critic_tau = algo.get("critic_tau")
+        metrics = score_critic(model, actor, valid, tau, n, critic_tau=tau if critic_tau is None else float(critic_tau),
+                               len_slack=int(algo.get("sample_len_slack", 10)), max_len=int(algo.get("max_sample_len", 50)),
+                               seed=int(algo.get("seed", 0)), exclude=exclude)
+    return {"run_dir": os.fspath(run_dir), "file": os.fspath(path), "kind": "qnet" if qnet else "critic",
+            "sentences": n, "tau": tau, **metrics}
+
+
+__all__ = ["CRITIC_METRICS", "score_critic", "score_qnet", "score_run_critic"]
