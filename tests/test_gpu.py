@@ -1,4 +1,4 @@
-"""GPU checks of the actor-critic learner (skipped without CUDA; run on a GPU lease)."""
+"""GPU checks of the actor-critic learner (skipped without CUDA; run them on a GPU machine)."""
 from __future__ import annotations
 
 import math

@@ -94,6 +94,11 @@ class ERACConfig:
     critic_pretrain_epochs: float = 20.0
     """Epochs (× the training pairs, in sampled episodes) of critic pretraining against the frozen
     MLE actor (official: up to 20; it stops earlier on a held-out plateau). Fractions allowed."""
+    critic_init: str | None = None
+    """A pretrained critic to start joint training from (an actor-critic run dir holding
+    ``critic_best.pt``, or that file): critic pretraining is skipped. Several seeds of the same
+    algorithm can share one pretrained critic this way (it must have been trained against the same
+    start actor, with the same τ of the critic target)."""
     critic_valid_every: int = 0
     """Score the critic on held-out samples of the frozen actor every this many pretraining
     updates (its TD error decides the best critic and the lr decay); 0 = every epoch."""

@@ -42,6 +42,10 @@ class MLEConfig:
     """Max hypothesis length when decoding for evaluation."""
     seed: int = 1234
     """Random seed (the official default)."""
+    actor_init: str | None = None
+    """Start from this actor (a run directory's best actor, or an actor file) instead of random
+    weights: "MLE continued", the baseline that gets the RL stage's extra updates. Its validation
+    BLEU counts as epoch 0, so the best actor is never worse than the start."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:

@@ -1,7 +1,7 @@
 #!/bin/bash
-# GPU checks for a device lease (one command): install the carried wheels, then run the GPU tests
-# of the learner and the benchmarks with the learner on cuda. Results go to $OUT (or ./device_out).
-# Carry: .whl (ray-2.60.0 without its Java jars + the rllib deps missing from the CUDA image).
+# GPU checks on a GPU machine (one command): install the offline wheels (device_setup.sh), then run
+# the GPU tests of the learner and the benchmarks with the learner on cuda. Results go to $OUT (or
+# ./device_out). Needs .whl/ (see device_setup.sh) or SKIP_INSTALL=1 where rayseq is installed.
 #   rayseq/bench/device_checks.sh            # all
 set -u
 OUT=${OUT:-device_out}; mkdir -p "$OUT"

@@ -1,8 +1,8 @@
 #!/bin/bash
-# A GPU lease in two short commands (the machine stays warm between them):
-#   rayseq/bench/device_compare.sh setup     # install the carried wheels, GPU tests, the MLE run
+# Every algorithm on one GPU machine in two commands:
+#   rayseq/bench/device_compare.sh setup     # install (device_setup.sh), GPU tests, the MLE run
 #   rayseq/bench/device_compare.sh compare   # every other algorithm from that MLE actor, in parallel
-# Carry: .whl (ray-2.60.0 without its Java jars + the rllib deps missing from the CUDA image).
+# Needs .whl/ (see device_setup.sh) or SKIP_INSTALL=1 where rayseq is installed.
 # Work happens in /tmp/rayseq-cmp; $OUT gets compare.md/png of the combined table and runs.tgz with
 # every comparison's compare.* and each run's results.json / metrics.jsonl / run.json (checkpoints
 # and actor files stay behind: too big). The groups' logs go to $OUT too.
@@ -15,14 +15,14 @@ ALGOS=${ALGOS:-mle,raml,vaml,ac,erac,scst,mixer,ppo,appo,sac}
 GROUPS_=${GROUPS_:-"raml vaml ac,erac scst,mixer ppo,appo sac"}
 TASK=${TASK:-multi30k}
 # The cpu preset's stage sizes, with the MLE family at $EPOCHS epochs; the swap-ins (RLlib's own
-# env runners, O(T^2) decoding on the CPU) get 4 workers each and fewer iterations to fit the lease.
+# env runners, O(T^2) decoding on the CPU) get 4 workers each and fewer iterations to keep it short.
 COMMON=(--task "$TASK" --preset cpu --set "epochs=$EPOCHS" --set "vaml:algo.qnet_epochs=2"
         --set "ppo:algo.iterations=10" --set "appo:algo.iterations=10" --set "sac:algo.iterations=40"
         --set "ppo:num_rollout_workers=4" --set "appo:num_rollout_workers=4" --set "sac:num_rollout_workers=4")
 t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/timeline.txt"; }
 
-collect() {  # one tarball of the small outputs (a lease returns only a few files), + the table
+collect() {  # one archive of the small outputs (runs.tgz), + the table
   (cd "$W" && tar czf "$OUT/runs.tgz" */compare.* */*-seed*/results.json */*-seed*/metrics.jsonl \
      */*-seed*/run.json */*-seed*/compare_error.txt 2>/dev/null)
   [ -f "$W/all/compare.md" ] && cp "$W/all/compare.md" "$W/all/compare.png" "$OUT/"

@@ -1,6 +1,7 @@
 #!/bin/bash
-# Sourced by the device scripts: install the carried wheels (.whl: ray-2.60.0 without its Java jars
-# + the rllib deps missing from the CUDA image) into /tmp/site, which PYTHONPATH puts first.
+# Sourced by the GPU scripts on a machine without network access to PyPI: install the offline wheel
+# folder .whl/ (ray-2.60.0 repacked without its Java jars + the RLlib dependencies a CUDA image lacks)
+# into /tmp/site, which PYTHONPATH puts first. With network access, `pip install -e .` instead.
 python3 - <<'PY'
 import os, zipfile
 z = zipfile.ZipFile(".whl/ray-2.60.0-nojars.zip")

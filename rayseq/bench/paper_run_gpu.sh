@@ -4,8 +4,8 @@
 # official L2-normalised entropy term from that actor (critic pretraining 20 epochs, joint ≤ 30,
 # β = 0.001: the paper's settings), in parallel on the one GPU, then a comparison figure.
 #   RUNS=/path/to/runs WORKERS=6 rayseq/bench/paper_run_gpu.sh
-# Needs rayseq installed (on a device lease without ray: run rayseq/bench/device_checks.sh's
-# install lines first). Every run resumes where it stopped if the script is started again.
+# Needs rayseq installed (on a machine without network access: source rayseq/bench/device_setup.sh
+# first). Every run resumes where it stopped if the script is started again.
 set -euo pipefail
 RUNS=${RUNS:-runs/paper}; WORKERS=${WORKERS:-6}; TASK=${TASK:-multi30k}
 mkdir -p "$RUNS"

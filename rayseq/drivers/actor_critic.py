@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,15 @@ def critic_stage(run: Run, step: int, per_epoch: float) -> tuple[int, int]:
     n_critic = stage_updates(ac.critic_pretrain_epochs, len(run.task.split("train")), ac.batch_size)
     done = int(state.get("critic_updates", 0))
     if state.get("critic_done") or not has_critic(run):
+        return step, done
+    if ac.critic_init:
+        path = Path(ac.critic_init)
+        path = path / CRITIC_FILE if path.is_dir() else path
+        obj = load_critic_file(path)
+        algo.load_critic(obj["state_dict"])
+        run.save_stage("critic", {"updates": 0, "best": obj["meta"], "source": f"critic_init {path}"})
+        run.checkpoint({"step": step, "critic_updates": done, "joint_updates": 0, "critic_done": True})
+        say(f"[critic stage] the critic of {path} (held-out TD {obj['meta'].get(CRITIC_VALID_TD, float('nan')):.4f}); no pretraining")
         return step, done
     chunk = ac.critic_valid_every or max(1, round(per_epoch))
     schedule = PlateauSchedule(lr=ac.critic_pretrain_lr, decay=ac.critic_lr_decay, max_decays=ac.critic_max_decays,

@@ -1,5 +1,8 @@
 """``rayseq train --algo mle|raml``: epochs of dataset batches on the learner.
 
+With ``algo.actor_init`` (MLE) the run starts from that actor ("MLE continued", the baseline that
+gets the RL stage's extra updates) and its validation BLEU counts as epoch 0.
+
 Per epoch: the algorithm's ``train()`` (RLlib learners do the updates), then validation BLEU of
 the actor on the driver, the lr schedule (× ``lr_decay`` on no improvement, stop after
 ``max_decays``), checkpoints (RLlib state + the plain actor file, latest and best), metrics
@@ -12,8 +15,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from rayseq.actor_io import load_actor, resolve_actor
 from rayseq.algorithms.mle import PlateauSchedule
 from rayseq.config import RunConfig
 from rayseq.drivers.stage import Run, open_run, say
@@ -42,6 +47,14 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
     epoch, step = int(state.get("epoch", 0)), int(algo.num_updates)
     best_epoch = state.get("best_epoch")
     hint = "a smaller lr (algo.lr=...)"
+    if not state and getattr(cfg.algo_config, "actor_init", None):  # MLE continued: the start is epoch 0
+        model = run.actor()
+        valid = run.validate(model)
+        schedule.step(valid.bleu)
+        best_epoch = 0
+        run.keep(model, valid, True, step=0, epoch=0, position={"epoch": 0}, metrics={LR: schedule.lr},
+                 trainer_state={"epoch": 0, "step": 0, "schedule": schedule.state_dict(), "best_epoch": 0, **extra})
+        say(f"start: valid BLEU {valid.bleu:.2f} ({cfg.algo_config.actor_init}); {cfg.epochs} epochs at most")
     while epoch < cfg.epochs and not schedule.should_stop:
         t0 = time.perf_counter()
         result = algo.train()
@@ -66,7 +79,12 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
 
 
 def build(cfg: RunConfig, task: Any, start: Any) -> Any:
-    return build_supervised_algorithm(cfg, task)
+    algo = build_supervised_algorithm(cfg, task)
+    spec = getattr(cfg.algo_config, "actor_init", None)
+    if spec:  # weights only; a resumed run restores its own from the checkpoint afterwards
+        path = resolve_actor(spec, "best") if Path(spec).is_dir() else Path(spec)
+        algo.load_actor(load_actor(path).model.state_dict())
+    return algo
 
 
 def train_supervised(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:

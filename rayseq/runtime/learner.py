@@ -43,6 +43,13 @@ class SupervisedSeqLearner(TorchLearner):
         self.metrics.log_value((module_id, "num_target_tokens"), int(batch["tgt_out"].ne(0).sum()), reduce="sum")
         return loss
 
+    def load_actor(self, state_dict: dict[str, Any]) -> None:
+        """Load actor weights (``Seq2Seq`` keys): a run that continues from another actor."""
+        for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
+            module = self.module[module_id]
+            module = module.unwrapped() if hasattr(module, "unwrapped") else module
+            module.actor.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()})
+
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every optimizer (called on each learner by the driver)."""
         for optim in self._named_optimizers.values():

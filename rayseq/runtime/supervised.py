@@ -150,6 +150,10 @@ class SupervisedSeqAlgorithm(Algorithm):
     def set_lr(self, lr: float) -> None:
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
 
+    def load_actor(self, state_dict: dict[str, Any]) -> None:
+        """Load actor weights on every learner (a run continued from another actor)."""
+        self.learner_group.foreach_learner(lambda learner: learner.load_actor(state_dict))
+
     def restore_from_path(self, path, *args, **kwargs) -> None:
         # Algorithm.restore_from_path also syncs env runners, which this algorithm does not have.
         Checkpointable.restore_from_path(self, path, *args, **kwargs)
