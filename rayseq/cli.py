@@ -40,6 +40,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--batch", type=int, default=500)
     rp.add_argument("--url", help="Redis URL (default $RAYSEQ_REDIS_URL, else a private redis-server)")
     rp.add_argument("--json", action="store_true", help="print one JSON line")
+    tu = bsub.add_parser("tune", help="wall time of a toy Tune grid on a local 2-node cluster, 1 vs 2 trials at once")
+    tu.add_argument("--trials", type=int, default=4, help="trials in the grid (MLE seeds)")
+    tu.add_argument("--epochs", type=int, default=3, help="toy epochs per trial")
+    tu.add_argument("--json", action="store_true", help="print one JSON line")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -54,7 +58,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     elif args.bench == "train":
         from rayseq.registry import ACTOR_CRITIC, get_algorithm
 
-        if get_algorithm(args.algo).kind == ACTOR_CRITIC:
+        if get_algorithm(args.algo).kind == ACTOR_CRITIC:  # rollout workers + replay
             from rayseq.bench.train_ac import ACTrainBenchConfig
             from rayseq.bench.train_ac import run as run_ac
 
@@ -79,6 +83,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         from rayseq.bench.replay import run as run_replay
 
         result = run_replay(ReplayBenchConfig(episodes=args.episodes, batch=args.batch, url=args.url))
+    elif args.bench == "tune":
+        from rayseq.bench.tune import TuneBenchConfig
+        from rayseq.bench.tune import run as run_tune
+
+        result = run_tune(TuneBenchConfig(trials=args.trials, epochs=args.epochs))
     else:
         raise AssertionError(args.bench)
     if args.json:
@@ -121,7 +130,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "compare",
-        help="run algorithms × seeds on a task and tabulate them (--task --algos), or plot existing runs (RUN_DIR ... --out PNG)",
+        help="run algorithms × seeds on a task as Ray Tune trials and tabulate them (--task --algos), "
+             "or plot existing runs (RUN_DIR ... --out PNG)",
     )
     p.add_argument("runs", nargs="*", metavar="[LABEL=]RUN_DIR", help="plot form: run directories (or metrics.jsonl files)")
     p.add_argument("--out", help="plot form: the PNG to write; experiment form: the comparison directory")
@@ -238,6 +248,9 @@ _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callabl
     "bench": (_add_bench, _run_bench),
     "compare": (_add_compare, _run_compare),
     "data": (_add_data, _run_data),
+    "reproduce": _add_module_command(
+        "reproduce", "rayseq.commands.reproduce", "the paper's experiments by name: table1, table3, table4, fig1 (Ray Tune trials)"
+    ),
     "eval": _add_module_command("eval", "rayseq.commands.evaluate", "BLEU of a trained run on a split or files"),
     "translate": _add_module_command("translate", "rayseq.commands.translate", "translate tokenized stdin to stdout"),
     "submit": _add_module_command("submit", "rayseq.cluster.submit", "run a rayseq command as a job on a Ray cluster (rayseq submit -- train ...)"),

@@ -1,0 +1,293 @@
+"""The paper's experiments by name (``rayseq reproduce NAME --task T``), on any task.
+
+| name | what (Dai, Xie & Hovy 2018) | arms |
+|---|---|---|
+| ``table1`` | Table 1: every algorithm over seeds — test BLEU mean ± std, min, max | mle, raml, vaml, ac, erac |
+| ``table3`` | Table 3: ERAC's validation BLEU over the target critic's rate β × the Q-variance penalty λ_var | erac × ``BETAS`` × ``LAMBDA_VARS`` |
+| ``table4`` | Table 4: ERAC with and without future entropy, against AC | erac, erac-nofutent, ac |
+| ``fig1`` | Figure 1: ERAC's BLEU against the entropy weight τ | erac × ``TAUS`` |
+
+Every RL run starts from the MLE actor of its seed (the experiment's MLE phase), which is also
+printed as the reference. Each writes ``OUT/NAME.md``, ``OUT/NAME.json`` and ``OUT/NAME.png``,
+labelled with the task, the preset and the hardware the trials ran on. A **diverged** run
+(``rayseq.experiments.report.diverged``: collapsed, non-finite BLEU, or stopped on a non-finite
+loss) is marked †.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayseq.experiments.compare import table_records
+from rayseq.experiments.report import (
+    diverged,
+    plot_compare,
+    render_table,
+    save_png,
+    stats,
+    summarize,
+)
+from rayseq.experiments.runner import run_experiment
+from rayseq.experiments.spec import PHASE_MLE, Arm, ExperimentConfig
+from rayseq.run_dir import atomic_write_bytes, atomic_write_json
+
+BETAS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+"""Table 3's β: Polyak rate of the target critic (``algo.beta``)."""
+LAMBDA_VARS: tuple[float, ...] = (0.0, 0.001)
+"""Table 3's λ_var: weight of the variance of Q over the vocabulary (``algo.lambda_var``)."""
+TAUS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.045, 0.1, 0.2)
+"""Figure 1's τ grid: ERAC's entropy weight (``algo.tau``; the critic's follows it)."""
+
+DAGGER = "†"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The values a grid experiment sweeps (defaults: the module's constants)."""
+
+    betas: tuple[float, ...] = BETAS
+    lambda_vars: tuple[float, ...] = LAMBDA_VARS
+    taus: tuple[float, ...] = TAUS
+
+
+@dataclass(frozen=True)
+class PaperExperiment:
+    """One of the paper's tables or figures."""
+
+    title: str
+    default_seeds: int
+    arms: Callable[[Grid], list[Arm]]
+    render: Callable[[ExperimentConfig, dict[str, Any]], str]
+    """The markdown, from the JSON report."""
+    plot: Callable[[ExperimentConfig, dict[str, Any], Path], Path]
+    grid_keys: tuple[str, ...] = ()
+    """Which ``Grid`` fields it reads."""
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _table3_arms(grid: Grid) -> list[Arm]:
+    return [Arm("erac", f"beta={_num(b)},lambda_var={_num(lv)}", (f"algo.beta={_num(b)}", f"algo.lambda_var={_num(lv)}"))
+            for b in grid.betas for lv in grid.lambda_vars]
+
+
+def _fig1_arms(grid: Grid) -> list[Arm]:
+    return [Arm("erac", f"tau={_num(t)}", (f"algo.tau={_num(t)}",)) for t in grid.taus]
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    seeds = f"{report['seeds']} seed{'s' if report['seeds'] > 1 else ''}"
+    return [f"# {report['title']}", "",
+            f"Task **{report['task']}**, preset **{report['preset']}**, {seeds}; hardware: {report['hardware']}.", ""]
+
+
+def _mle_line(report: dict[str, Any]) -> str:
+    ref = report.get("mle_reference")
+    if not ref:
+        return "MLE reference: no finished MLE run."
+    v, t = ref["valid_bleu"], ref["test_bleu"]
+    return (f"MLE reference (the actor every RL run starts from, {ref['ok']} run{'s' if ref['ok'] != 1 else ''}): "
+            f"validation BLEU {v['mean']:.2f} ± {v['std']:.2f}, test BLEU {t['mean']:.2f} ± {t['std']:.2f}.")
+
+
+def _divergence_note() -> str:
+    return (f"{DAGGER} diverged: joint training collapsed (validation BLEU fell `algo.collapse_margin` below its start; "
+            "the best actor is kept and shown), the BLEU is not finite, or training stopped on a non-finite loss.")
+
+
+def _cell(row: dict[str, Any], key: str = "valid_bleu") -> str:
+    mark = f" {DAGGER}" if row["diverged"] else ""
+    if key not in row:
+        return "failed" + mark if row["runs"] else "(not run yet)"
+    s = row[key]
+    text = f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if row["ok"] > 1 else "")
+    if row["ok"] < row["runs"]:
+        text += f" ({row['ok']}/{row['runs']} ok)"
+    return text + mark
+
+
+def _failures(report: dict[str, Any]) -> list[str]:
+    return [f"- {r['key']}: {r['error']}" for r in report["runs"] if r["status"] != "ok"]
+
+
+def _render_summary(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
+    """Tables 1 and 4: per algorithm test BLEU mean ± std, min, max (``render_table``)."""
+    body = render_table(report["title"], report["rows"], report["runs"]).splitlines()
+    lines = body[:1] + ["", *_header(report)[2:-1]] + body[1:]
+    if any(r["algo"] != "mle" for r in report["runs"]):
+        lines += ["", _mle_line(report)]
+    if any(row["diverged"] for row in report["rows"]):
+        lines += ["", "Diverged runs per algorithm: " + ", ".join(f"{row['algo']} {row['diverged']}{DAGGER}"
+                                                               for row in report["rows"] if row["diverged"]), _divergence_note()]
+    return "\n".join(lines) + "\n"
+
+
+def _render_table3(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
+    grid = Grid(**{k: tuple(v) for k, v in report["grid"].items()})
+    rows = {row["algo"]: row for row in report["rows"]}
+    lines = _header(report) + [
+        ("ERAC's best validation BLEU (mean over seeds) for the target critic's Polyak rate β (rows) and the Q-variance "
+         "penalty λ_var (columns)."), "",
+        "| β \\ λ_var | " + " | ".join(_num(lv) for lv in grid.lambda_vars) + " |",
+        "|---|" + "---|" * len(grid.lambda_vars),
+    ]
+    for b in grid.betas:
+        cells = [_cell(rows[f"erac (beta={_num(b)},lambda_var={_num(lv)})"]) for lv in grid.lambda_vars]
+        lines.append(f"| {_num(b)} | " + " | ".join(cells) + " |")
+    lines += ["", _mle_line(report), "", _divergence_note()]
+    if _failures(report):
+        lines += ["", "Failed runs:", *_failures(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _render_fig1(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
+    lines = _header(report) + [
+        f"ERAC's BLEU against the entropy weight τ (`algo.tau`); the plot is `{report['experiment']}.png`.", "",
+        "| τ | best valid BLEU | test BLEU | runs |", "|---|---|---|---|",
+    ]
+    for tau, row in zip(report["grid"]["taus"], report["rows"]):
+        lines.append(f"| {_num(tau)} | {_cell(row)} | {_cell(row, 'test_bleu')} | {row['ok']}/{row['runs']} |")
+    lines += ["", _mle_line(report), "", _divergence_note()]
+    if _failures(report):
+        lines += ["", "Failed runs:", *_failures(report)]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plot_summary(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
+    return plot_compare(cfg.labels, report["runs"], png, _label(report))
+
+
+def _label(report: dict[str, Any]) -> str:
+    return f"{report['title']}\ntask {report['task']}, preset {report['preset']}, {report['hardware']}"
+
+
+def _sweep(ax: Any, xs: list[float], rows: list[dict[str, Any]], key: str, label: str, colour: str) -> None:
+    """One line of BLEU (mean ± std over seeds) against a swept value; diverged points marked † in red."""
+    pts = [(x, row[key]) for x, row in zip(xs, rows) if key in row]
+    if pts:
+        ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts], fmt="o-",
+                    color=colour, label=label, markersize=4, linewidth=1, capsize=2)
+    for x, row in zip(xs, rows):
+        if row["diverged"]:
+            y = row[key]["mean"] if key in row else None
+            if y is None:
+                continue
+            ax.plot([x], [y], "x", color="red", markersize=9, markeredgewidth=2)
+            ax.annotate(DAGGER, (x, y), textcoords="offset points", xytext=(4, 4), color="red")
+
+
+def _mle_hline(ax: Any, report: dict[str, Any], key: str) -> None:
+    ref = report.get("mle_reference")
+    if ref:
+        ax.axhline(ref[key]["mean"], color="grey", linestyle="--", linewidth=1, label=f"MLE ({ref[key]['mean']:.2f})")
+
+
+def _figure(ncols: int = 1) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5 * ncols, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _plot_table3(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
+    grid = report["grid"]
+    rows = {row["algo"]: row for row in report["rows"]}
+    fig = _figure()
+    ax = fig.subplots()
+    for i, lv in enumerate(grid["lambda_vars"]):
+        _sweep(ax, grid["betas"], [rows[f"erac (beta={_num(b)},lambda_var={_num(lv)})"] for b in grid["betas"]],
+               "valid_bleu", f"λ_var = {_num(lv)}", f"C{i}")
+    _mle_hline(ax, report, "valid_bleu")
+    ax.set_xscale("log")
+    ax.set(xlabel="β (target critic's Polyak rate)", ylabel="best validation BLEU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, png)
+
+
+def _plot_fig1(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
+    taus = report["grid"]["taus"]
+    fig = _figure(2)
+    for ax, key, name in zip(fig.subplots(1, 2), ("valid_bleu", "test_bleu"), ("best validation BLEU", "test BLEU")):
+        _sweep(ax, taus, report["rows"], key, "ERAC", "C0")
+        _mle_hline(ax, report, key)
+        positive = [t for t in taus if t > 0]
+        if positive and max(positive) / min(positive) >= 20:
+            ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set(xlabel="τ (entropy weight)", ylabel=name, title=f"{name} vs τ")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, png)
+
+
+PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
+    "table1": PaperExperiment(
+        "Table 1: MLE, RAML, VAML, AC and ERAC over seeds", 3,
+        lambda grid: [Arm(a) for a in ("mle", "raml", "vaml", "ac", "erac")], _render_summary, _plot_summary),
+    "table3": PaperExperiment(
+        "Table 3: ERAC's validation BLEU over β × λ_var", 1, _table3_arms, _render_table3, _plot_table3, ("betas", "lambda_vars")),
+    "table4": PaperExperiment(
+        "Table 4: ERAC with and without future entropy, and AC", 3,
+        lambda grid: [Arm(a) for a in ("erac", "erac-nofutent", "ac")], _render_summary, _plot_summary),
+    "fig1": PaperExperiment(
+        "Figure 1: ERAC's BLEU against the entropy weight τ", 1, _fig1_arms, _render_fig1, _plot_fig1, ("taus",)),
+}
+"""Name → the experiment (``rayseq reproduce NAME``)."""
+
+
+def reproduce(name: str, task: str, seeds: int | None = None, grid: Grid | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run (restore, or read) the paper's experiment ``name`` on ``task``; writes ``OUT/NAME.{md,json,png}``
+    and returns the JSON. ``kwargs``: the other ``ExperimentConfig`` fields (preset, out, overrides, …)."""
+    if name not in PAPER_EXPERIMENTS:
+        raise ValueError(f"reproduce: unknown experiment {name!r}; choose one of {', '.join(PAPER_EXPERIMENTS)}.")
+    exp = PAPER_EXPERIMENTS[name]
+    grid = grid or Grid()
+    cfg = ExperimentConfig(task=task, arms=exp.arms(grid), seeds=seeds or exp.default_seeds, name=f"reproduce-{name}", **kwargs)
+    out = Path(cfg.out)
+    result = run_experiment(cfg)
+    records = table_records(cfg, result["phases"])
+    mle_runs = result["phases"].get(PHASE_MLE, [])
+    mle_ok = [r for r in mle_runs if r["status"] == "ok"]
+    hardware = result["hardware"] or _previous_hardware(out / f"{name}.json")
+    report = {
+        "experiment": name, "title": exp.title, "out": str(out), "task": cfg.task, "preset": cfg.preset, "hardware": hardware,
+        "seeds": cfg.seeds, "arms": cfg.labels, "overrides": cfg.overrides,
+        "grid": {k: list(getattr(grid, k)) for k in exp.grid_keys},
+        "rows": summarize(cfg.labels, records), "runs": records, "mle_runs": mle_runs,
+        "mle_reference": {"ok": len(mle_ok), "valid_bleu": stats([r["valid_bleu"] for r in mle_ok]),
+                          "test_bleu": stats([r["test_bleu"] for r in mle_ok])} if mle_ok else None,
+        "diverged": [r["key"] for r in records if diverged(r)],
+        "tune": result["tune"], "wall_time_s": result["wall_time_s"],
+    }
+    atomic_write_json(out / f"{name}.json", report)
+    atomic_write_bytes(out / f"{name}.md", exp.render(cfg, report).encode("utf-8"))
+    exp.plot(cfg, report, out / f"{name}.png")
+    return report
+
+
+def _previous_hardware(path: Path) -> str:
+    """``--report-only`` starts no Ray: the hardware the earlier run recorded."""
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["hardware"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown (--report-only; not recorded)"
+
+
+__all__ = ["BETAS", "LAMBDA_VARS", "PAPER_EXPERIMENTS", "TAUS", "Grid", "PaperExperiment", "reproduce"]

@@ -1,0 +1,242 @@
+"""What an experiment runs: arms (an algorithm with settings of its own) × seeds, and the trials
+they expand to.
+
+An :class:`ExperimentConfig` names a task, a preset and its **arms**; every arm runs once per seed.
+:func:`trial_specs` expands it into two phases of :class:`TrialSpec`:
+
+1. ``mle`` — one MLE run per seed (``OUT/mle-seedS``), trained when ``mle`` is an arm or any arm's
+   algorithm starts from an MLE actor (``algo.actor_init``: AC, ERAC, the swap-ins, SCST, MIXER);
+2. ``main`` — every other arm × seed (``OUT/ALGO[-SETTING]-seedS``); one that starts from an MLE
+   actor gets the best actor of its seed's MLE run as ``algo.actor_init``, so all start equal.
+
+A trial spec is plain data (it travels inside Tune's trial config and comes back on restore). No ray.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MLE = "mle"
+"""The algorithm of phase 1 (and the ``mle`` arm)."""
+
+PHASE_MLE, PHASE_MAIN = "mle", "main"
+"""The two Tune experiments of an experiment (``OUT/tune/mle``, ``OUT/tune/main``)."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of an experiment: an algorithm, optionally with settings of its own."""
+
+    algo: str
+    """A registered algorithm (``rayseq.registry.ALGORITHMS``)."""
+    setting: str = ""
+    """The setting's label, e.g. ``beta=0.01,lambda_var=0`` (empty: the algorithm as configured)."""
+    overrides: tuple[str, ...] = ()
+    """``key=value`` overrides of this arm, applied after the experiment's own."""
+
+    @property
+    def label(self) -> str:
+        """Its name in tables and plots: ``erac`` or ``erac (tau=0.1)``."""
+        return f"{self.algo} ({self.setting})" if self.setting else self.algo
+
+    @property
+    def slug(self) -> str:
+        """Its name in run directories and Tune trial names: ``erac`` or ``erac-tau0.1``."""
+        if not self.setting:
+            return self.algo
+        setting = re.sub(r"[^A-Za-z0-9._-]+", "-", self.setting.replace("=", "")).strip("-")
+        return f"{self.algo}-{setting}"
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: arms × seeds on one task, run as Tune trials."""
+
+    task: str
+    """The task every run trains on (``rayseq.data.tasks.TASKS``)."""
+    arms: list[Arm]
+    """What runs, in table order (see :class:`Arm`); ``ExperimentConfig.for_algos`` makes one per algorithm."""
+    seeds: int = 1
+    """Seeds per arm: ``base_seed``, ``base_seed + 1``, …"""
+    preset: str = "cpu"
+    """The preset of every run."""
+    out: str = ""
+    """Directory of the experiment (default ``runs/NAME-TASK-PRESET``); runs, Tune folder and tables go there."""
+    overrides: list[str] = field(default_factory=list)
+    """``key=value`` for every run (``algo.*`` keys only where the algorithm has them), or
+    ``ALGO:key=value`` for one algorithm."""
+    base_seed: int = 1234
+    """The first seed."""
+    data_dir: str | None = None
+    """The task's data dir (IWSLT14, COCO)."""
+    address: str | None = None
+    """The Ray cluster to run the trials on (default ``$RAY_ADDRESS``, else a private in-process Ray)."""
+    report_only: bool = False
+    """Train nothing: tabulate what the Tune experiments in ``out`` hold; the rest shows as not run."""
+    max_concurrent: int | None = None
+    """At most this many trials at once (default: as many as the cluster's resources allow)."""
+    retry_errored: bool = False
+    """On restore, run errored trials again (from their last checkpoint) instead of keeping their errors."""
+    trial_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources each trial's driver asks for, e.g. ``{"node_a": 1}`` to pin trials to nodes."""
+    name: str = "compare"
+    """The experiment's name (default output folder, titles)."""
+
+    def __post_init__(self) -> None:
+        from rayseq.data.tasks import TASKS
+        from rayseq.registry import ALGORITHMS
+
+        if not self.arms:
+            raise ValueError(f"{self.name}: nothing to run; name registered algorithms, e.g. --algos mle,raml,erac.")
+        unknown = sorted({a.algo for a in self.arms if a.algo not in ALGORITHMS})
+        if unknown:
+            raise ValueError(f"{self.name}: unknown algorithm(s) {', '.join(unknown)}; registered: {', '.join(sorted(ALGORITHMS))}.")
+        slugs = [a.slug for a in self.arms]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"{self.name}: --algos {','.join(slugs)} names an algorithm (setting) twice.")
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name}: unknown task {self.task!r}; tasks: {', '.join(sorted(TASKS))}.")
+        if self.seeds < 1:
+            raise ValueError(f"{self.name}: --seeds {self.seeds}: must be >= 1.")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError(f"{self.name}: --max-concurrent {self.max_concurrent}: must be >= 1 (or left out: no limit).")
+        for item in self.overrides:
+            if "=" not in item:
+                raise ValueError(f"{self.name}: override {item!r} is not key=value (or ALGO:key=value).")
+            scope = item.split("=", 1)[0].split(":", 1)
+            if len(scope) == 2 and scope[0] not in ALGORITHMS:
+                raise ValueError(f"{self.name}: override {item!r} is for {scope[0]!r}, which is not a registered algorithm.")
+        for name, amount in self.trial_resources.items():
+            if not name or not amount > 0:
+                raise ValueError(f"{self.name}: trial resource {name}={amount}: name a Ray resource and a positive amount, e.g. node_a=1.")
+        if not self.out:
+            self.out = str(Path("runs") / f"{self.name}-{self.task}-{self.preset}")
+
+    @classmethod
+    def for_algos(cls, task: str, algos: list[str], **kwargs: Any) -> ExperimentConfig:
+        """The ``rayseq compare`` experiment: one arm per algorithm, as configured."""
+        return cls(task=task, arms=[Arm(a) for a in algos], **kwargs)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.base_seed + i for i in range(self.seeds)]
+
+    @property
+    def labels(self) -> list[str]:
+        """The arms' labels, in table order."""
+        return [a.label for a in self.arms]
+
+
+@dataclass
+class TrialSpec:
+    """One Tune trial: one training run. Plain data (Tune's trial config holds ``asdict`` of it)."""
+
+    key: str
+    """Unique in the experiment: the run directory's name and the Tune trial's name."""
+    phase: str
+    """``mle`` or ``main``."""
+    algo: str
+    label: str
+    """The arm's label (table row)."""
+    setting: str
+    seed: int
+    task: str
+    preset: str
+    data_dir: str | None
+    overrides: list[str]
+    """Every ``key=value`` of the run, in order (experiment, algorithm, arm, seed, actor_init)."""
+    run_dir: str
+    """Absolute: trials run in other processes and other working directories."""
+    mle_run_dir: str | None = None
+    """The MLE run this one starts from (phase ``main``, algorithms with ``actor_init``)."""
+    actor_init: str | None = None
+    """The best actor of ``mle_run_dir``, passed as ``algo.actor_init``."""
+    bundles: list[dict[str, float]] = field(default_factory=list)
+    """Ray resources of the trial: its driver first, then learners and rollout workers
+    (``rayseq.experiments.resources.trial_bundles``)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def needs_mle_actor(algo: str) -> bool:
+    """Whether ``algo`` starts from an MLE actor (its config has ``actor_init``)."""
+    from rayseq.registry import get_algorithm
+
+    return any(f.name == "actor_init" for f in fields(get_algorithm(algo).config_cls))
+
+
+def overrides_for(cfg: ExperimentConfig, algo: str) -> list[str]:
+    """The experiment's overrides that apply to ``algo``: its own ``ALGO:`` ones and the shared
+    ones it has (an ``algo.*`` key the algorithm lacks is left out)."""
+    from rayseq.config import valid_keys
+    from rayseq.registry import get_algorithm
+
+    keys = set(valid_keys(get_algorithm(algo).config_cls))
+    out = []
+    for item in cfg.overrides:
+        key, _, value = item.partition("=")
+        scope, sep, key_only = key.partition(":")
+        if sep:
+            if scope == algo:
+                out.append(f"{key_only}={value}")
+        elif not key.startswith("algo.") or key in keys:
+            out.append(item)
+    return out
+
+
+def mle_key(seed: int) -> str:
+    return f"{MLE}-seed{seed}"
+
+
+def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
+    """Phase name → its trials, in table order (arm, then seed). ``bundles`` are left empty
+    (:func:`rayseq.experiments.resources.with_bundles` fills them once Ray is up)."""
+    from rayseq.run_dir import ACTOR_FILES
+
+    out = Path(cfg.out).resolve()
+    data_dir = str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None
+    want_mle = any(a.algo == MLE and not a.setting for a in cfg.arms) or any(needs_mle_actor(a.algo) for a in cfg.arms)
+    phases: dict[str, list[TrialSpec]] = {PHASE_MLE: [], PHASE_MAIN: []}
+
+    def spec(arm: Arm, seed: int, phase: str, mle_dir: Path | None) -> TrialSpec:
+        key = f"{arm.slug}-seed{seed}"
+        overrides = overrides_for(cfg, arm.algo) + list(arm.overrides) + [f"seed={seed}"]
+        actor = None
+        if mle_dir is not None:
+            actor = str(mle_dir / ACTOR_FILES["best"])
+            overrides.append(f"algo.actor_init={actor}")
+        return TrialSpec(key=key, phase=phase, algo=arm.algo, label=arm.label, setting=arm.setting, seed=seed,
+                         task=cfg.task, preset=cfg.preset, data_dir=data_dir, overrides=overrides,
+                         run_dir=str(out / key), mle_run_dir=None if mle_dir is None else str(mle_dir), actor_init=actor)
+
+    if want_mle:
+        phases[PHASE_MLE] = [spec(Arm(MLE), seed, PHASE_MLE, None) for seed in cfg.seed_list]
+    for arm in cfg.arms:
+        if arm.algo == MLE and not arm.setting:
+            continue  # the MLE phase's runs are its rows
+        for seed in cfg.seed_list:
+            mle_dir = out / mle_key(seed) if needs_mle_actor(arm.algo) else None
+            phases[PHASE_MAIN].append(spec(arm, seed, PHASE_MAIN, mle_dir))
+    return {name: specs for name, specs in phases.items() if specs}
+
+
+__all__ = [
+    "MLE",
+    "PHASE_MAIN",
+    "PHASE_MLE",
+    "Arm",
+    "ExperimentConfig",
+    "TrialSpec",
+    "mle_key",
+    "needs_mle_actor",
+    "overrides_for",
+    "trial_specs",
+]

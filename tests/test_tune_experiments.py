@@ -1,0 +1,172 @@
+"""``rayseq.experiments`` on real Ray Tune and real Ray (toy task, runs of seconds, no mocks): a 2 × 2
+grid and its table, a failing trial kept in the table (and retried on request), a comparison whose
+driver is killed and restored without retraining a finished trial, and two trials side by side on
+the two nodes of a local multi-node cluster. Every Ray here is private (own temp dir and ports) and
+stopped by PID or by its owner; never ``ray stop``."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from rayseq.bench.tune import TINY, local_cluster
+from rayseq.experiments import ExperimentConfig, run_compare
+from rayseq.experiments.trial import ERROR_TXT
+
+pytestmark = pytest.mark.ray
+
+RUN = [*TINY, "epochs=1"]
+"""A toy run of a few seconds (one epoch of a tiny model, greedy validation on 50 sentences)."""
+RUN2 = [*TINY, "epochs=2"]
+"""Two epochs: enough for seeds to differ in BLEU (one gives 0 everywhere)."""
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_two_algorithms_by_two_seeds_tabulated_from_their_trials(tmp_path, ray_session):
+    out = tmp_path / "cmp"
+    report = run_compare(ExperimentConfig.for_algos("toy", ["mle", "raml"], seeds=2, out=str(out), overrides=RUN2, max_concurrent=2))
+    assert [row["algo"] for row in report["rows"]] == ["mle", "raml"]
+    assert [r["key"] for r in report["runs"]] == ["mle-seed1234", "mle-seed1235", "raml-seed1234", "raml-seed1235"]
+    md = (out / "compare.md").read_text()
+    for row in report["rows"]:
+        assert row["runs"] == row["ok"] == 2 and not row["failed"]
+        results = [_results(out / f"{row['algo']}-seed{s}") for s in (1234, 1235)]
+        for key, values in (("test_bleu", [r["test"]["bleu"] for r in results]), ("valid_bleu", [r["bleu/valid"] for r in results]),
+                            ("wall_time_s", [r["wall_time_s"] for r in results])):
+            assert row[key] == pytest.approx({"mean": statistics.mean(values), "std": statistics.stdev(values),
+                                              "min": min(values), "max": max(values)}), key
+        t = row["test_bleu"]
+        assert f"| {row['algo']} | 2/2 | {t['mean']:.2f} ± {t['std']:.2f} | {t['min']:.2f} | {t['max']:.2f} |" in md
+    # the figures come from Tune's results: each trial's last result (its folder under OUT/tune, with TensorBoard events)
+    for rec in report["runs"]:
+        trial = Path(rec["trial_path"])
+        assert trial.parent.parent == out / "tune" and trial.name == rec["key"]
+        last = json.loads((trial / "result.json").read_text().splitlines()[-1])
+        assert last["test_bleu"] == _results(Path(rec["run_dir"]))["test"]["bleu"] == rec["test_bleu"]
+        assert list(trial.glob("events.out.tfevents.*")) and list(trial.glob("checkpoint_*/trial.json"))
+    assert (out / "compare.png").stat().st_size > 1000
+    saved = json.loads((out / "compare.json").read_text())
+    assert [r["key"] for r in saved["runs"]] == [r["key"] for r in report["runs"]] and saved["tune"]["mle"]["restored"] is False
+
+
+def test_a_failing_trial_is_tabulated_with_its_error_and_retried_on_request(tmp_path, ray_session):
+    """AC with the async schedule and no rollout workers fails inside the driver (building its algorithm);
+    the MLE trial it would start from finishes, and the table shows both."""
+    out = tmp_path / "cmp"
+    cfg = ExperimentConfig.for_algos("toy", ["mle", "ac"], seeds=1, out=str(out), overrides=[*RUN, "num_rollout_workers=0", "ac:algo.schedule=async"])
+    report = run_compare(cfg)
+    rows = {row["algo"]: row for row in report["rows"]}
+    assert rows["mle"]["ok"] == 1 and rows["mle"]["test_bleu"]["mean"] == _results(out / "mle-seed1234")["test"]["bleu"]
+    assert rows["ac"]["ok"] == 0 and "async" in rows["ac"]["failed"][0], rows["ac"]
+    ac = report["runs"][1]
+    assert ac["status"] == "failed" and ac["actor_init"] == str(out / "mle-seed1234" / "actor_best.pt")
+    assert "Traceback" in (out / "ac-seed1234" / ERROR_TXT).read_text()
+    md = (out / "compare.md").read_text()
+    assert "| mle | 1/1 |" in md and "| ac | 0/1 | failed |" in md and "FAILED" in md and "async" in md
+
+    mle_mtime = (out / "mle-seed1234" / "results.json").stat().st_mtime_ns
+    error_mtime = (out / "ac-seed1234" / ERROR_TXT).stat().st_mtime_ns
+    again = run_compare(cfg)  # restored: the errored trial keeps its error, nothing runs
+    assert again["tune"]["main"]["restored"] and "async" in again["rows"][1]["failed"][0]
+    assert (out / "ac-seed1234" / ERROR_TXT).stat().st_mtime_ns == error_mtime
+    cfg.retry_errored = True  # now it runs again (and fails again); the finished MLE trial does not
+    retried = run_compare(cfg)
+    assert "async" in retried["rows"][1]["failed"][0]
+    assert (out / "ac-seed1234" / ERROR_TXT).stat().st_mtime_ns != error_mtime
+    assert (out / "mle-seed1234" / "results.json").stat().st_mtime_ns == mle_mtime
+
+
+def _ray_pids_under(temp: str) -> list[int]:
+    """Processes whose command line names ``temp`` (the Ray a killed driver started there)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if temp.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_ray_under(temp: str) -> None:
+    for pid in _ray_pids_under(temp):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_killed_driver_is_restored_without_retraining_finished_trials(tmp_path):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "rayseq.cli", "compare", "--task", "toy", "--algos", "mle", "--seeds", "2",
+           "--max-concurrent", "1", "--out", str(out), *[x for o in RUN for x in ("--set", o)]]
+    ray_tmp = tempfile.mkdtemp(prefix="rsk-", dir="/tmp")  # the drivers' private Rays live here (short: socket paths)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"TMPDIR": ray_tmp}
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        done: list[Path] = []
+        while not done:  # the first trial has finished: its results.json (and Tune's experiment state) exist
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            if list((out / "tune" / "mle").glob("experiment_state-*.json")):
+                done = [d for d in out.glob("mle-seed*") if (d / "results.json").is_file()]
+            time.sleep(0.5)
+        finished = done[0]
+        mtime, metrics = (finished / "results.json").stat().st_mtime_ns, (finished / "metrics.jsonl").read_bytes()
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its process group
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        log.close()
+        _kill_ray_under(ray_tmp)  # its Ray daemons, should any have outlived it
+    assert not (out / "compare.json").exists() or len(json.loads((out / "compare.json").read_text())["runs"]) < 2
+
+    env["TMPDIR"] = ray_tmp = tempfile.mkdtemp(prefix="rsk-", dir="/tmp")
+    try:
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        _kill_ray_under(ray_tmp)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "restoring the Tune experiment" in second.stderr
+    report = json.loads((out / "compare.json").read_text())
+    assert report["tune"]["mle"]["restored"] and [r["status"] for r in report["runs"]] == ["ok", "ok"]
+    assert (finished / "results.json").stat().st_mtime_ns == mtime and (finished / "metrics.jsonl").read_bytes() == metrics
+    other = next(d for d in out.glob("mle-seed*") if d != finished)
+    assert _results(other)["test"]["bleu"] == next(r for r in report["runs"] if r["run_dir"] == str(other))["test_bleu"]
+
+
+def test_two_trials_run_at_once_on_the_two_nodes_of_a_cluster(tmp_path):
+    """Each node has one ``slot`` and each trial's driver asks for one: the two trials must land on
+    different nodes; with room for both, they run at the same time."""
+    import ray
+
+    if ray.is_initialized():  # another test's private Ray: trials must go to the cluster
+        ray.shutdown()
+    with local_cluster([{"num_cpus": 1, "resources": {"slot": 1}}, {"num_cpus": 1, "resources": {"slot": 1}}]) as cluster:
+        report = run_compare(ExperimentConfig.for_algos(
+            "toy", ["mle"], seeds=2, out=str(tmp_path / "cmp"), overrides=RUN, address=cluster.address,
+            trial_resources={"slot": 1}, max_concurrent=2))
+        nodes = {n["NodeID"]: n["Resources"] for n in cluster.global_state.node_table() if n["Alive"]}
+    a, b = report["runs"]
+    assert a["status"] == b["status"] == "ok", report["runs"]
+    assert a["node_id"] != b["node_id"] and nodes[a["node_id"]].get("slot") == nodes[b["node_id"]].get("slot") == 1
+    assert a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]  # the two intervals overlap
+    assert report["hardware"].startswith("3 nodes, 2 CPUs")
