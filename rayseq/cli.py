@@ -249,7 +249,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callabl
     "compare": (_add_compare, _run_compare),
     "data": (_add_data, _run_data),
     "reproduce": _add_module_command(
-        "reproduce", "rayseq.commands.reproduce", "the paper's experiments by name: table1, table3, table4, fig1 (Ray Tune trials)"
+        "reproduce", "rayseq.commands.reproduce", "the paper's experiments by name: table1, table3, table4, fig1, ac (Ray Tune trials)"
     ),
     "eval": _add_module_command("eval", "rayseq.commands.evaluate", "BLEU of a trained run on a split or files"),
     "translate": _add_module_command("translate", "rayseq.commands.translate", "translate tokenized stdin to stdout"),

@@ -88,7 +88,7 @@ METRIC_NAMES: dict[str, str] = {
     LOSS_BASELINE: "squared error of a learned REINFORCE baseline b_t against the return-to-go, summed over steps (MIXER)",
     REWARD_BASELINE: "mean REINFORCE baseline of the first step as a sentence BLEU (0-100, b / |y*|): SCST the greedy decode's, MIXER b(s_0)",
     TOKENS_TOTAL: "target tokens so far: trained on (MLE, RAML, VAML) or sampled by the rollout workers (RL algorithms)",
-    LOSS_VAML_CE: "VAML step 2: Σ_t CE(P_Qφ ‖ π_θ) over every token, RAML-weighted, per source (logged; the loss mixes it with the NLL)",
+    LOSS_VAML_CE: "VAML step 2: Σ_t CE(P_Qφ ‖ π_θ), RAML-weighted, per source (exact with mix_mode=expected; with the Bernoulli mix an unbiased estimate from the mixed tokens, / mix_prob); the loss mixes it with the NLL",
     QNET_VALID_TD: "VAML Q-net: Eq. 16's squared soft TD error per sequence on corrupted validation references",
     QNET_GREEDY_BLEU: "VAML Q-net: corpus BLEU (0-100) of argmax-Q decoding given the validation references (an oracle reads y*)",
     WORKER_RESTARTS: "rollout-worker restarts so far (RLlib restarted a failed env runner; training went on)",

@@ -100,9 +100,19 @@ def vaml_actor_rows(
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """VAML step 2's rows: RAML's K rows per pair (``raml_rows``) plus each row's reference
-    ``ref [N, R]``, ``ref_len [N]`` for the Q-net's targets P_Qφ (Eq. 17)."""
+    ``ref [N, R]``, ``ref_len [N]`` for the Q-net's targets P_Qφ (Eq. 17), and the per-token mix
+    ``mix [N, T+1]`` (m_t of ``token_mix``, 0 at padding), drawn here, before the Q-net runs, so
+    that the learner computes P_Qφ only where m_t > 0.
+
+    The mix comes from a child of ``rng`` (``Generator.spawn``), which leaves ``rng``'s stream, and
+    so the RAML samples of this and later batches, the same as RAML's own rows with that ``rng``.
+    """
+    from rayseq.algorithms.vaml import token_mix
+
     rows = raml_rows(src, tgt, cfg.raml_config(), vocab_size, rng)
     k = cfg.raml_config().samples_per_source
     ref, ref_len = pad_batch([np.asarray(y) for y in tgt for _ in range(k)], pad=PAD)  # [N, R], [N]
-    rows.update(ref=ref, ref_len=ref_len)
+    seed = int(rng.spawn(1)[0].integers(2**63 - 1))
+    mix = token_mix(rows["tgt_out"].shape, cfg.mix_prob, cfg.mix_mode, torch.Generator().manual_seed(seed))  # [N, T+1]
+    rows.update(ref=ref, ref_len=ref_len, mix=np.where(rows["tgt_out"] != PAD, mix.numpy(), np.float32(0.0)))
     return rows

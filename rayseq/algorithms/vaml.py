@@ -18,6 +18,9 @@ Two steps (IMPLEMENTATION_NOTES "VAML step 1/2"):
    Q-net on RAML's sample set and weights (Eq. 1–2): per token, with probability ``mix_prob`` the
    cross-entropy CE(P_Qφ(·|s_t) ‖ π_θ(·|s_t)), otherwise the NLL of the sampled token (the
    official per-token Bernoulli mix; ``mix_mode="expected"`` uses the mixture's expectation).
+   The coin m_t is drawn with the batch, before the Q-net runs, so P_Qφ is computed only at the
+   steps with m_t > 0 (``needs_qnet``; ~``mix_prob`` of them) and the CE term evaluated only
+   there (``vaml_actor_loss_rows``): the same loss and gradients as the full computation.
 
 Plain torch/numpy; no ray. The RLlib glue is ``rayseq.runtime.vaml``.
 """
@@ -263,11 +266,17 @@ def token_mix(
     return (u < prob).float().to(device)
 
 
+def needs_qnet(mix: torch.Tensor) -> torch.Tensor:
+    """The steps whose Eq. (17) term reads P_Qφ: m_t > 0 (all of them in ``"expected"`` mode,
+    ~``mix_prob`` of them in ``"bernoulli"``). mix: [...] m_t (``token_mix``). Returns [...] bool."""
+    return mix > 0
+
+
 class VAMLActorLoss(NamedTuple):
     """Step 2's loss and its parts (sums over tokens, weighted by the RAML weights, per source)."""
 
     loss: torch.Tensor  # [] Σ w·[m·CE + (1 − m)·NLL] / B, to minimise
-    ce: torch.Tensor  # [] Σ w·CE(P_Qφ ‖ π_θ) / B over every token (logged; m ignored)
+    ce: torch.Tensor  # [] Σ w·CE(P_Qφ ‖ π_θ) / B over every token (logged; m ignored; vaml_actor_loss_rows: an estimate)
     nll: torch.Tensor  # [] Σ w·NLL / B over every token (logged; m ignored)
 
 
@@ -297,3 +306,53 @@ def vaml_actor_loss(
     b = max(float(num_sources), 1e-8)  # B sources (the RAML weights of a source sum to 1)
     loss = (w * (m * ce + (1.0 - m) * nll)).sum() / b
     return VAMLActorLoss(loss=loss, ce=(w * ce).detach().sum() / b, nll=(w * nll).detach().sum() / b)
+
+
+def vaml_actor_loss_rows(
+    logits: torch.Tensor,  # [M, V] actor logits at the M steps with m_t > 0 (needs_qnet)
+    targets: torch.Tensor,  # [M] sampled token y_t at those steps
+    p_q: torch.Tensor,  # [M, V] P_Qφ(· | s_t) at those steps, Eq. (17)
+    mix: torch.Tensor,  # [M] m_t at those steps
+    weights: torch.Tensor,  # [M] RAML weight (Eq. 1) of each step's sequence
+    nll_logits: torch.Tensor,  # [R, V] actor logits at the R real steps with m_t = 0
+    nll_targets: torch.Tensor,  # [R] sampled token y_t at those steps
+    nll_weights: torch.Tensor,  # [R] RAML weight of each step's sequence
+    num_sources: float,
+    mix_prob: float,
+) -> VAMLActorLoss:
+    """VAML's actor objective, Eq. (17) with the per-token mix, on packed rows split by the coin:
+    (1/B) [Σ_{m>0} w·(m·CE(P_Qφ ‖ π_θ) + (1 − m)·NLL) + Σ_{m=0} w·NLL].
+
+    Equal to :func:`vaml_actor_loss` on the same steps and the same draw of m, loss and gradients
+    (there the CE of an m = 0 step is multiplied by 0), but P_Qφ and the CE term only exist at
+    the ~``mix_prob`` of the steps with m > 0; the other steps cost what RAML's NLL costs. The
+    logged ``nll`` is exact; the logged ``ce`` is Σ_{m>0} w·m·CE / (mix_prob·B): exactly
+    Σ w·CE / B when m ≡ mix_prob ("expected"), its unbiased estimate under the Bernoulli coin
+    (0 if mix_prob = 0).
+    """
+    m_rows, r_rows = logits.size(0), nll_logits.size(0)
+    if not (logits.dim() == nll_logits.dim() == 2 and p_q.shape == logits.shape
+            and targets.shape == mix.shape == weights.shape == (m_rows,)
+            and nll_targets.shape == nll_weights.shape == (r_rows,) and nll_logits.size(1) == logits.size(1)):
+        raise ValueError(
+            f"vaml_actor_loss_rows: logits {tuple(logits.shape)}, p_q {tuple(p_q.shape)} must be [M, V] and "
+            f"targets {tuple(targets.shape)}, mix {tuple(mix.shape)}, weights {tuple(weights.shape)} [M]; "
+            f"nll_logits {tuple(nll_logits.shape)} [R, V], nll_targets {tuple(nll_targets.shape)} and "
+            f"nll_weights {tuple(nll_weights.shape)} [R]."
+        )
+    fp32 = (torch.float32, torch.float64)
+    logp = F.log_softmax(logits.float() if logits.dtype not in fp32 else logits, dim=-1)  # [M, V]
+    nll = -logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # [M]
+    ce = -(p_q.to(logp.dtype) * logp.masked_fill(p_q == 0, 0.0)).sum(-1)  # [M]
+    nll_r = F.cross_entropy(nll_logits.float() if nll_logits.dtype not in fp32 else nll_logits,
+                            nll_targets.long(), reduction="none")  # [R]
+    w, w_r = weights.detach().to(logp.dtype), nll_weights.detach().to(nll_r.dtype)  # [M], [R]
+    m = mix.detach().to(logp.dtype)  # [M]
+    b = max(float(num_sources), 1e-8)  # B sources (the RAML weights of a source sum to 1)
+    loss = ((w * (m * ce + (1.0 - m) * nll)).sum() + (w_r * nll_r).sum()) / b
+    ce_sum = (w * m * ce).detach().sum()
+    return VAMLActorLoss(
+        loss=loss,
+        ce=ce_sum / (b * mix_prob) if mix_prob > 0 else ce_sum * 0.0,
+        nll=((w * nll).detach().sum() + (w_r * nll_r).detach().sum()) / b,
+    )

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--betas", type=_floats, help=f"table3: the β values (default {','.join(map(str, BETAS))})")
     p.add_argument("--lambda-vars", type=_floats, help=f"table3: the λ_var values (default {','.join(map(str, LAMBDA_VARS))})")
     p.add_argument("--taus", type=_floats, help=f"fig1: the τ grid (default {','.join(map(str, TAUS))})")
+    p.add_argument("--continued-epochs", type=int,
+                   help="ac: epochs of 'MLE continued' (default 1: the cpu preset's joint-training budget)")
     add_experiment_arguments(p, seeds_default=None)
 
 
@@ -47,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
 
     exp = PAPER_EXPERIMENTS[args.experiment]
     grid = Grid()
-    for key, value in (("betas", args.betas), ("lambda_vars", args.lambda_vars), ("taus", args.taus)):
+    owner = {"betas": "table3", "lambda_vars": "table3", "taus": "fig1", "continued_epochs": "ac"}
+    for key, value in (("betas", args.betas), ("lambda_vars", args.lambda_vars), ("taus", args.taus),
+                       ("continued_epochs", args.continued_epochs)):
         if value is not None:
             if key not in exp.grid_keys:
-                raise ValueError(f"reproduce {args.experiment}: --{key.replace('_', '-')} is for "
-                                 f"{'table3' if key != 'taus' else 'fig1'} only")
+                raise ValueError(f"reproduce {args.experiment}: --{key.replace('_', '-')} is for {owner[key]} only")
             grid = replace(grid, **{key: value})
     report = reproduce(args.experiment, args.task, seeds=args.seeds, grid=grid, **experiment_kwargs(args))
     print_summary(report, report["out"], Path(report["out"], f"{args.experiment}.md"))

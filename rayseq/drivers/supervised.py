@@ -1,7 +1,8 @@
 """``rayseq train --algo mle|raml``: epochs of dataset batches on the learner.
 
 With ``algo.actor_init`` (MLE) the run starts from that actor ("MLE continued", the baseline that
-gets the RL stage's extra updates) and its validation BLEU counts as epoch 0.
+gets the RL stage's extra updates): its validation BLEU counts as epoch 0, and when the actor comes
+from an MLE run the lr starts where that run's schedule left it.
 
 Per epoch: the algorithm's ``train()`` (RLlib learners do the updates), then validation BLEU of
 the actor on the driver, the lr schedule (× ``lr_decay`` on no improvement, stop after
@@ -13,6 +14,7 @@ its Q-net stage (``rayseq.drivers.vaml``).
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +25,7 @@ from rayseq.algorithms.mle import PlateauSchedule
 from rayseq.config import RunConfig
 from rayseq.drivers.stage import Run, open_run, say
 from rayseq.metrics import BLEU_VALID, EPOCH_TIME_S, LR, TOKENS_PER_S, TOKENS_TOTAL
+from rayseq.run_dir import CHECKPOINT_DIR, TRAINER_STATE
 from rayseq.runtime.builders import build_supervised_algorithm
 
 
@@ -33,6 +36,18 @@ def plateau_schedule(cfg: RunConfig, state: Mapping[str, Any]) -> PlateauSchedul
     if "schedule" in state:
         schedule.load_state_dict(state["schedule"])
     return schedule
+
+
+def continued_lr(actor_init: str) -> float | None:
+    """The lr at which the MLE run that wrote ``actor_init`` stopped (its checkpoint's schedule), so
+    that "MLE continued" goes on where that run left off; None when it is not such a run."""
+    path = Path(actor_init)
+    run_dir = path if path.is_dir() else path.parent
+    state = run_dir / CHECKPOINT_DIR / TRAINER_STATE
+    if not state.is_file():
+        return None
+    schedule = json.loads(state.read_text(encoding="utf-8")).get("schedule") or {}
+    return float(schedule["lr"]) if "lr" in schedule else None
 
 
 def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -48,6 +63,10 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
     best_epoch = state.get("best_epoch")
     hint = "a smaller lr (algo.lr=...)"
     if not state and getattr(cfg.algo_config, "actor_init", None):  # MLE continued: the start is epoch 0
+        start_lr = continued_lr(cfg.algo_config.actor_init)
+        if start_lr is not None:  # the lr the start actor's own MLE run had decayed to
+            schedule.lr = start_lr
+            algo.set_lr(start_lr)
         model = run.actor()
         valid = run.validate(model)
         schedule.step(valid.bleu)

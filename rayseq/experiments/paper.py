@@ -6,6 +6,7 @@
 | ``table3`` | Table 3: ERAC's validation BLEU over the target critic's rate β × the Q-variance penalty λ_var | erac × ``BETAS`` × ``LAMBDA_VARS`` |
 | ``table4`` | Table 4: ERAC with and without future entropy, against AC | erac, erac-nofutent, ac |
 | ``fig1`` | Figure 1: ERAC's BLEU against the entropy weight τ | erac × ``TAUS`` |
+| ``ac`` | the actor-critic protocol: every RL arm and "MLE continued" from the same MLE actor | mle, mle (continued), ac, erac, erac-eq20, erac-nofutent |
 
 Every RL run starts from the MLE actor of its seed (the experiment's MLE phase), which is also
 printed as the reference. Each writes ``OUT/NAME.md``, ``OUT/NAME.json`` and ``OUT/NAME.png``,
@@ -51,6 +52,9 @@ class Grid:
     betas: tuple[float, ...] = BETAS
     lambda_vars: tuple[float, ...] = LAMBDA_VARS
     taus: tuple[float, ...] = TAUS
+    continued_epochs: int = 1
+    """Epochs of "MLE continued" in the ``ac`` protocol: the RL arms' joint-training budget
+    (``algo.joint_epochs``; 1 at the cpu preset)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,13 @@ def _num(x: float) -> str:
 def _table3_arms(grid: Grid) -> list[Arm]:
     return [Arm("erac", f"beta={_num(b)},lambda_var={_num(lv)}", (f"algo.beta={_num(b)}", f"algo.lambda_var={_num(lv)}"))
             for b in grid.betas for lv in grid.lambda_vars]
+
+
+def _ac_arms(grid: Grid) -> list[Arm]:
+    """The actor-critic protocol's rows: the MLE actor, MLE continued for the joint stage's budget,
+    and each actor-critic variant from that actor."""
+    return [Arm("mle"), Arm("mle", "continued", (f"epochs={grid.continued_epochs}",)),
+            *(Arm(a) for a in ("ac", "erac", "erac-eq20", "erac-nofutent"))]
 
 
 def _fig1_arms(grid: Grid) -> list[Arm]:
@@ -128,6 +139,38 @@ def _render_summary(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
         lines += ["", "Diverged runs per algorithm: " + ", ".join(f"{row['algo']} {row['diverged']}{DAGGER}"
                                                                for row in report["rows"] if row["diverged"]), _divergence_note()]
     return "\n".join(lines) + "\n"
+
+
+def _render_ac(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
+    """The summary table, then each RL run's critic at the start of joint training and its
+    decoding at its best validation (``rayseq.evaluation.critic``; ``decode/*``)."""
+    from rayseq.metrics import (
+        CRITIC_EOS_MARGIN,
+        CRITIC_MC_RANK_CORR,
+        CRITIC_TARGET_ENTROPY,
+        CRITIC_TOP1_ACC,
+        CRITIC_VALID_TD,
+        DECODE_LEN_RATIO,
+        DECODE_LOOP_SHARE,
+    )
+
+    lines = _render_summary(cfg, report).rstrip("\n").splitlines()
+    keys = (CRITIC_VALID_TD, CRITIC_TOP1_ACC, CRITIC_MC_RANK_CORR, CRITIC_TARGET_ENTROPY, CRITIC_EOS_MARGIN,
+            DECODE_LEN_RATIO, DECODE_LOOP_SHARE)
+    lines += ["", "At the start of joint training (the critic against the MLE actor, held-out):", "",
+              "| run | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for run in report["runs"]:
+        start = _joint_start(run.get("run_dir"))
+        if start:
+            lines.append(f"| {run['key']} | " + " | ".join(f"{start[k]:.3f}" if k in start else "–" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _joint_start(run_dir: str | None) -> dict[str, Any]:
+    if not run_dir or not (Path(run_dir) / "results.json").is_file():
+        return {}
+    res = json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8"))
+    return dict(res.get("joint_start") or {})
 
 
 def _render_table3(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
@@ -248,6 +291,9 @@ PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
         lambda grid: [Arm(a) for a in ("erac", "erac-nofutent", "ac")], _render_summary, _plot_summary),
     "fig1": PaperExperiment(
         "Figure 1: ERAC's BLEU against the entropy weight τ", 1, _fig1_arms, _render_fig1, _plot_fig1, ("taus",)),
+    "ac": PaperExperiment(
+        "The actor-critic protocol: MLE, MLE continued, AC, ERAC (official actor term), ERAC (Eq. 20 as printed), "
+        "ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_summary, ("continued_epochs",)),
 }
 """Name → the experiment (``rayseq reproduce NAME``)."""
 
@@ -269,7 +315,7 @@ def reproduce(name: str, task: str, seeds: int | None = None, grid: Grid | None 
     report = {
         "experiment": name, "title": exp.title, "out": str(out), "task": cfg.task, "preset": cfg.preset, "hardware": hardware,
         "seeds": cfg.seeds, "arms": cfg.labels, "overrides": cfg.overrides,
-        "grid": {k: list(getattr(grid, k)) for k in exp.grid_keys},
+        "grid": {k: (list(v) if isinstance(v := getattr(grid, k), tuple) else v) for k in exp.grid_keys},
         "rows": summarize(cfg.labels, records), "runs": records, "mle_runs": mle_runs,
         "mle_reference": {"ok": len(mle_ok), "valid_bleu": stats([r["valid_bleu"] for r in mle_ok]),
                           "test_bleu": stats([r["test_bleu"] for r in mle_ok])} if mle_ok else None,

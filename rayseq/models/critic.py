@@ -146,6 +146,40 @@ class Critic(nn.Module):
         """The output layer's inputs ``[N, T, Hd]`` (``q_head`` of them = :meth:`forward`)."""
         return self.net.decode_hidden(self.encode(ref, ref_len), tgt_in)
 
+    def hidden_at(
+        self, ref: torch.Tensor, ref_len: torch.Tensor, tgt_in: torch.Tensor, at: torch.Tensor
+    ) -> torch.Tensor:
+        """The output layer's inputs at the positions ``at`` only: ``hidden(ref, ref_len, tgt_in)[at]``
+        ``[M, Hd]`` (row-major order of ``at`` ``[N, T]`` bool), without the work that cannot reach them.
+
+        The decoder LSTM is recurrent, so a wanted sequence is still read from ``<bos>``, but only up
+        to the last wanted position of the batch; sequences with no wanted position are skipped;
+        each distinct reference (the K samples of a source share theirs) is encoded once; the
+        attention and ``att_out`` (position-wise: ``Seq2Seq.decode_hidden``'s, recomputed here from
+        the same sub-modules) run at the wanted positions only, unless input feeding makes them
+        part of the recurrence.
+        """
+        if at.shape != tgt_in.shape:
+            raise ValueError(f"Critic.hidden_at: at {tuple(at.shape)} must be tgt_in's shape {tuple(tgt_in.shape)}.")
+        net = self.net
+        rows = at.any(dim=1).nonzero().squeeze(1)  # [J] sequences with a wanted position
+        if rows.numel() == 0:
+            return net.out.weight.new_zeros((0, self.cfg.dec_hidden))  # [0, Hd]
+        at = at.index_select(0, rows)  # [J, T]
+        width = int(at.nonzero()[:, 1].max()) + 1  # the decoder stops after the last wanted step
+        at, tgt_in = at[:, :width], tgt_in.index_select(0, rows)[:, :width]  # [J, W]
+        ref_keys = torch.cat([ref_len.index_select(0, rows).unsqueeze(1).to(ref.dtype), ref.index_select(0, rows)], dim=1)
+        distinct, which = torch.unique(ref_keys, dim=0, return_inverse=True)  # [U, 1 + R], [J]
+        enc = self.encode(distinct[:, 1:], distinct[:, 0])  # U rows
+        if net.cfg.input_feeding:
+            return net.decode_hidden(enc.index_select(which), tgt_in)[at]  # [M, Hd]
+        hx = (enc.h0.index_select(0, which).unsqueeze(0), enc.c0.index_select(0, which).unsqueeze(0))  # [1, J, Hd]
+        dec_out, _ = net.decoder(net.tgt_embed(tgt_in), hx)  # [J, W, Hd]
+        query = dec_out[at].unsqueeze(1)  # [M, 1, Hd]
+        mem = enc.index_select(which.index_select(0, at.nonzero()[:, 0]))  # M rows: each wanted step's reference
+        ctx = net.attention(query, mem.memory, mem.keys, mem.mask)  # [M, 1, 2H]
+        return net.dropout(torch.tanh(net.att_proj(torch.cat([query, ctx], dim=-1)))).squeeze(1)  # [M, Hd]
+
     def q_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q-values ``[..., V]`` from output-layer inputs ``[..., Hd]`` (any leading shape)."""
         return self.net.out(hidden)

@@ -7,7 +7,9 @@
   corrupted references (Adam); stage ``"actor"``: Eq. (17) with the frozen Q-net's P_Qφ on RAML's
   weighted samples, mixed per token with the sampled token's NLL (SGD, RAML's optimiser). Each
   network is clipped to its own gradient norm; only the output layer's real steps are computed
-  (packed ``[K, V]`` rows, as the actor-critic learner does).
+  (packed ``[K, V]`` rows, as the actor-critic learner does). The mix m_t arrives with the batch
+  (``vaml_actor_rows`` draws it), so the frozen Q-net gives Q only at the steps with m_t > 0
+  (``Critic.hidden_at``: ~``mix_prob`` of the output-layer rows; sequences with none skipped).
 * :class:`VAMLAlgorithm` — the supervised runtime (dataset batches, no env runners) with the
   Q-net stage added: ``train_qnet(n)`` runs n Q-net updates, ``train()`` one actor epoch.
 
@@ -28,12 +30,12 @@ from rayseq.algorithms.erac import step_masks
 from rayseq.algorithms.supervised_rows import qnet_episodes, vaml_actor_rows
 from rayseq.algorithms.vaml import (
     VAMLConfig,
+    needs_qnet,
     qnet_token_targets,
     soft_max_value,
     soft_q_loss,
     soft_q_target,
-    token_mix,
-    vaml_actor_loss,
+    vaml_actor_loss_rows,
 )
 from rayseq.data.batching import bucket_batches
 from rayseq.metrics import (
@@ -53,7 +55,10 @@ from rayseq.runtime.actor_module import ActorRLModule
 from rayseq.runtime.supervised import SupervisedSeqAlgorithm, SupervisedSeqConfig
 
 STAGES = ("qnet", "actor")
-Q_ROWS, V_ROWS, LOGIT_ROWS, STEP_MASK, STEP_DONE = "q_rows", "v_rows", "logit_rows", "step_mask", "step_done"
+Q_ROWS, V_ROWS, STEP_MASK, STEP_DONE = "q_rows", "v_rows", "step_mask", "step_done"
+LOGIT_ROWS_Q, LOGIT_ROWS_NLL, Q_STEPS = "logit_rows_q", "logit_rows_nll", "q_steps"
+MIX = "mix"
+"""Batch column of step 2: the per-token mix m_t ``[N, T]`` (``vaml_actor_rows``), 0 at padding."""
 
 
 class VAMLRLModule(ActorRLModule):
@@ -71,7 +76,11 @@ class VAMLRLModule(ActorRLModule):
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """Packed rows of the real steps: stage ``qnet`` → Q_φ ``[K, V]`` (and the target Q-net's
-        V rows); stage ``actor`` → actor logits ``[K, V]`` and the frozen Q-net's Q ``[K, V]``."""
+        V rows); stage ``actor`` → at the M real steps whose mix ``batch["mix"]`` is > 0
+        (``needs_qnet``; ``Q_STEPS`` ``[N, T]``), the actor logits and the frozen Q-net's Q, both
+        ``[M, V]`` in row-major order, and the actor logits ``[K − M, V]`` at the other real steps
+        (NLL only). Two output-layer calls, not one ``[K, V]`` indexed twice: the loss then
+        costs at the m = 0 steps what RAML's costs."""
         if self.stage == "qnet":
             tgt_in = batch["tgt_in"]
             mask, done = step_masks(batch["lengths"], batch["capped"], tgt_in.size(1))  # [N, T]
@@ -81,11 +90,16 @@ class VAMLRLModule(ActorRLModule):
                 with torch.no_grad():
                     out[V_ROWS] = self.target_qnet.q_head(self.target_qnet.hidden(batch["ref"], batch["ref_len"], tgt_in)[mask])
             return out
+        if MIX not in batch:
+            raise KeyError(f"VAMLRLModule (stage actor): the batch has no {MIX!r} column (the per-token "
+                           "mix m_t); build step 2's rows with rayseq.algorithms.supervised_rows.vaml_actor_rows.")
         mask = batch["tgt_out"].ne(PAD)  # [N, T]
-        enc = self.actor.encode(batch["src"], batch["src_len"])
-        out = {STEP_MASK: mask, LOGIT_ROWS: self.actor.out(self.actor.decode_hidden(enc, batch["tgt_in"])[mask])}  # [K, V]
+        at = mask & needs_qnet(batch[MIX])  # [N, T] the steps whose loss reads P_Qφ
+        hid = self.actor.decode_hidden(self.actor.encode(batch["src"], batch["src_len"]), batch["tgt_in"])  # [N, T, Hd]
+        out = {STEP_MASK: mask, Q_STEPS: at, LOGIT_ROWS_Q: self.actor.out(hid[at]),  # [M, V]
+               LOGIT_ROWS_NLL: self.actor.out(hid[mask & ~at])}  # [K − M, V]
         with torch.no_grad():
-            out[Q_ROWS] = self.qnet.q_head(self.qnet.hidden(batch["ref"], batch["ref_len"], batch["tgt_in"])[mask])
+            out[Q_ROWS] = self.qnet.q_head(self.qnet.hidden_at(batch["ref"], batch["ref_len"], batch["tgt_in"], at))  # [M, V]
         return out
 
 
@@ -96,7 +110,6 @@ class VAMLLearner(TorchLearner):
     def build(self) -> None:
         super().build()
         self.vaml = VAMLConfig(**self.config.objective_config)
-        self._mix_gen = torch.Generator().manual_seed(self.vaml.seed)
 
     def _vaml(self, module_id) -> VAMLRLModule:
         module = self.module[module_id]
@@ -142,7 +155,7 @@ class VAMLLearner(TorchLearner):
     @override(TorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out) -> torch.Tensor:
         stage = self._vaml(module_id).stage
-        loss, parts = packed_vaml_losses(fwd_out, batch, self.vaml, stage, self._mix_gen)
+        loss, parts = packed_vaml_losses(fwd_out, batch, self.vaml, stage)
         for key, value in parts.items():
             self.metrics.log_value((module_id, key), value, window=1)
         return loss
@@ -171,13 +184,14 @@ class VAMLLearner(TorchLearner):
 
 
 def packed_vaml_losses(
-    fwd_out: dict[str, Any], batch: dict[str, Any], vaml: VAMLConfig, stage: str, generator: torch.Generator | None = None
+    fwd_out: dict[str, Any], batch: dict[str, Any], vaml: VAMLConfig, stage: str
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. (16) (stage ``qnet``) or Eq. (17) with the per-token mix (stage ``actor``) on the packed
     ``[K, V]`` rows of :class:`VAMLRLModule` — the padded ``[N, T, V]`` equations without the
-    padding (tested equal). Returns the loss and the logged parts."""
+    padding (tested equal); in stage ``actor`` P_Qφ and the CE term only at the rows whose mix
+    ``batch["mix"]`` is > 0 (tested equal to the full computation). Returns the loss and the logged parts."""
     mask = fwd_out[STEP_MASK]  # [N, T]
-    q_rows = fwd_out[Q_ROWS]  # [K, V]
+    q_rows = fwd_out[Q_ROWS]  # [K, V] (stage qnet), [M, V] at the Q_STEPS (stage actor)
     if stage == "qnet":
         v_src = fwd_out.get(V_ROWS, q_rows)  # target Q-net (no grad) or the Q-net itself (grad)
         v_rows = soft_max_value(v_src, vaml.tau, vaml.exclude_tokens)  # Eq. (10), [K]
@@ -187,12 +201,12 @@ def packed_vaml_losses(
         every = torch.ones((1, q_taken.numel()), dtype=torch.bool, device=q_taken.device)
         qloss = soft_q_loss(q_taken[None], target[None], every, num_seqs=mask.size(0))  # Eq. (16)
         return qloss.loss, {LOSS_CRITIC_TD: qloss.loss.item(), Q_TAKEN: q_taken.detach().mean().item()}
-    p_q = qnet_token_targets(q_rows, vaml.tau, vaml.exclude_tokens)  # Eq. (17), [K, V]
-    mix = token_mix((1, p_q.size(0)), vaml.mix_prob, vaml.mix_mode, generator, device=p_q.device)  # [1, K]
-    weights = batch["weight"][:, None].expand(mask.shape)[mask][None]  # [1, K]
-    aloss = vaml_actor_loss(
-        fwd_out[LOGIT_ROWS][None], batch["tgt_out"][mask][None], p_q[None], mix, weights,
-        num_sources=float(batch["weight"].sum()),
+    at, rest = fwd_out[Q_STEPS], mask & ~fwd_out[Q_STEPS]  # [N, T]: steps with m_t > 0, the other real ones
+    weights = batch["weight"][:, None].expand(mask.shape)  # [N, T]
+    aloss = vaml_actor_loss_rows(
+        fwd_out[LOGIT_ROWS_Q], batch["tgt_out"][at], qnet_token_targets(q_rows, vaml.tau, vaml.exclude_tokens),  # Eq. (17)
+        batch[MIX][at], weights[at], fwd_out[LOGIT_ROWS_NLL], batch["tgt_out"][rest], weights[rest],
+        num_sources=float(batch["weight"].sum()), mix_prob=vaml.mix_prob,
     )
     return aloss.loss, {LOSS_ACTOR: aloss.loss.item(), LOSS_VAML_CE: aloss.ce.item(), LOSS_MLE: aloss.nll.item()}
 
