@@ -56,6 +56,7 @@ LOSS_VALUE = "loss/value"
 DECODE_LEN_RATIO = "decode/len_ratio"  # validation outputs' total length / the references' (rayseq.evaluation.score)
 DECODE_LOOP_SHARE = "decode/loop_share"  # share of validation outputs with a repeated 3-gram
 DECODE_AT_CAP_SHARE = "decode/at_cap_share"  # share of validation outputs that ran to the decoding cap
+LR_QNET = "lr/qnet"  # VAML's Q-net optimiser's learning rate
 LR_CRITIC = "lr/critic"  # the critic optimiser's learning rate
 CRITIC_BEST_TD = "critic/best_valid_td"  # the best held-out TD error of critic pretraining so far
 CRITIC_VALID_TD = "critic/valid_td"  # held-out soft TD error (Q − Q̂)² per token (rayseq.evaluation.critic)
@@ -97,6 +98,7 @@ METRIC_NAMES: dict[str, str] = {
     DECODE_LEN_RATIO: "validation outputs' total length / the references' total length (> 1: the actor runs long)",
     DECODE_LOOP_SHARE: "share of validation outputs in which some 3-gram occurs twice (decoding loops)",
     DECODE_AT_CAP_SHARE: "share of validation outputs that ran to max_decode_len without <eos>",
+    LR_QNET: "current learning rate of VAML's Q-net (step 1's plateau schedule)",
     LR_CRITIC: "current learning rate of the critic (critic pretraining's plateau schedule)",
     CRITIC_BEST_TD: "the best held-out TD error of critic pretraining so far (it picks the critic joint training starts from)",
     CRITIC_VALID_TD: "held-out soft TD error (Q(s_t,a_t) − r_t − V(s_{t+1}))² per token on the actor's samples, "

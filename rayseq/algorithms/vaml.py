@@ -47,9 +47,14 @@ class VAMLConfig:
     """τ of Eq. (10) and (17), relative to the length-scaled reward |y*|·ΔBLEU (official 0.4)."""
     # ------------------------------------------------------------------ step 1: the Q-net
     qnet_epochs: float = 5.0
-    """Passes of Q-net training over the training references (fractions allowed)."""
+    """At most this many passes of Q-net training over the training references (fractions
+    allowed); it stops earlier on a held-out plateau (``qnet_max_decays``)."""
     qnet_lr: float = 1e-3
     """Adam learning rate of the Q-net (official 1e-3)."""
+    qnet_lr_decay: float = 0.5
+    """Q-net lr × this after a pass whose held-out Eq. 16 error did not improve."""
+    qnet_max_decays: int = 5
+    """Decays allowed before the next non-improvement ends step 1 (the best Q-net is kept)."""
     qnet_batch_size: int = 50
     """References per Q-net update; each brings 1 + ``num_corruptions`` trajectories."""
     num_corruptions: int = 5

@@ -1,14 +1,18 @@
 """``rayseq train --algo vaml``: step 1 trains (or loads) the Q-net, step 2 the actor.
 
-Step 1 (:func:`qnet_stage`):
-``algo.qnet_epochs`` passes of soft Q-learning (Eq. 16) over the corrupted training references,
-checkpointed after every pass (``--resume`` continues mid-stage), each pass followed by two
-held-out checks of the Q-net on the validation references:
+Step 1 (:func:`qnet_stage`): at most ``algo.qnet_epochs`` passes of soft Q-learning (Eq. 16) over
+the corrupted training references, checkpointed after every pass (``--resume`` continues
+mid-stage), each pass followed by held-out checks of the Q-net on the validation references; the
+best Q-net by held-out error is kept (``RUN_DIR/qnet.pt``) and is the one step 2 uses, the Q-net lr
+is × ``qnet_lr_decay`` after a pass without improvement, and after ``qnet_max_decays`` decays the
+stage stops. The checks:
 
 * ``qnet/valid_td`` — Eq. (16)'s squared soft TD error per sequence on corrupted validation
   references (computed here with the padded equations, independently of the learner's packed rows);
 * ``qnet/greedy_bleu`` — corpus BLEU of decoding argmax_w Q_φ(s, w; y*) given the reference: an
-  oracle that reads y* should reproduce it (near 100).
+  oracle that reads y* should reproduce it (near 100);
+* the critic-quality figures of ``rayseq.evaluation.critic.score_qnet``: top-1 / top-5 accuracy of
+  argmax Q for the next reference token, entropy of P_Q = softmax(Q/τ), the eos margin after y*.
 
 The finished Q-net is written to ``RUN_DIR/qnet.pt`` (``algo.qnet_init`` of a later run may reuse
 it and skip step 1). Step 2 (the actor, Eq. 17) is the supervised epoch loop
@@ -42,7 +46,16 @@ from rayseq.drivers.supervised import epoch_loop
 from rayseq.errors import TrainingError
 from rayseq.evaluation.bleu import corpus_bleu_ids
 from rayseq.evaluation.decode import translate_ids
-from rayseq.metrics import EPOCH_TIME_S, QNET_GREEDY_BLEU, QNET_VALID_TD
+from rayseq.algorithms.mle import PlateauSchedule
+from rayseq.evaluation.critic import score_qnet
+from rayseq.metrics import (
+    CRITIC_TARGET_ENTROPY,
+    CRITIC_TOP1_ACC,
+    EPOCH_TIME_S,
+    LR_QNET,
+    QNET_GREEDY_BLEU,
+    QNET_VALID_TD,
+)
 from rayseq.models.base import BOS, EOS
 from rayseq.models.critic import Critic, CriticConfig
 from rayseq.replay import run_replay_key
@@ -129,7 +142,8 @@ def evaluate_qnet(
     wrapped = [np.concatenate([[BOS], y, [EOS]]).astype(np.int64) for y in refs]
     hyps = translate_ids(critic.net, wrapped, beam=1, max_len=max_len, desc="Q-net greedy")
     bleu = corpus_bleu_ids(hyps, [[y] for y in refs])["bleu"]
-    return {QNET_VALID_TD: td / max(seqs, 1), QNET_GREEDY_BLEU: float(bleu)}
+    quality = score_qnet(critic, (valid.src[:n], refs), v.tau, len(refs), exclude=v.exclude_tokens)
+    return {QNET_VALID_TD: td / max(seqs, 1), QNET_GREEDY_BLEU: float(bleu), **quality}
 
 
 def qnet_stage(run: Run) -> dict[str, Any]:
@@ -163,27 +177,43 @@ def qnet_stage(run: Run) -> dict[str, Any]:
         n_pairs = len(task.split("train"))
         per_epoch = max(1, math.ceil(n_pairs / v.qnet_batch_size))
         total = math.ceil(v.qnet_epochs * n_pairs / v.qnet_batch_size)
+        schedule = PlateauSchedule(lr=v.qnet_lr, decay=v.qnet_lr_decay, max_decays=v.qnet_max_decays, higher_is_better=False)
+        if "qnet_schedule" in run.state:
+            schedule.load_state_dict(run.state["qnet_schedule"])
         algo.set_stage("qnet")
-        if algo.qnet_updates < total:
-            say(f"[Q-net stage] {total - algo.qnet_updates} updates of soft Q-learning (Eq. 16), "
-                f"τ = {v.tau}, {v.num_corruptions} corruptions per reference")
-        while algo.qnet_updates < total:
+        algo.set_qnet_lr(schedule.lr)
+        best_file = run_dir / QNET_FILE
+        if algo.qnet_updates < total and not schedule.should_stop:
+            say(f"[Q-net stage] at most {total - algo.qnet_updates} updates of soft Q-learning (Eq. 16), "
+                f"τ = {v.tau}, {v.num_corruptions} corruptions per reference; held-out check every pass")
+        while algo.qnet_updates < total and not schedule.should_stop:
             t_chunk = time.perf_counter()
             algo.train_qnet(min(per_epoch, total - algo.qnet_updates))
             run.log_records(algo.pop_train_log(), "Q-net stage", "a smaller algo.qnet_lr", epoch_of=lambda _: 0.0)
-            critic.load_state_dict({k: torch.as_tensor(np.asarray(x)) for k, x in algo.qnet_state_dict().items()})
+            weights = algo.qnet_state_dict()
+            critic.load_state_dict({k: torch.tensor(np.array(x)) for k, x in weights.items()})
             checks = evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len)
-            run.writer.log(algo.num_updates, 0.0, {**checks, EPOCH_TIME_S: time.perf_counter() - t_chunk})
+            if schedule.step(checks[QNET_VALID_TD]):
+                save_qnet(best_file, weights, critic_cfg, {"task": cfg.task, "tau": v.tau, "updates": algo.qnet_updates,
+                                                           "run_dir": str(run_dir), **checks})
+            algo.set_qnet_lr(schedule.lr)
+            run.writer.log(algo.num_updates, 0.0, {**checks, LR_QNET: schedule.lr, EPOCH_TIME_S: time.perf_counter() - t_chunk})
             summary = {"source": "trained", "updates": algo.qnet_updates, **checks, "wall_time_s": time.monotonic() - t0}
-            say(f"[Q-net stage] update {algo.qnet_updates}/{total}: held-out TD {checks[QNET_VALID_TD]:.3f}, "
-                f"greedy BLEU given y* {checks[QNET_GREEDY_BLEU]:.2f}")
-            checkpoint(summary)
-        if "updates" not in summary:  # qnet_epochs = 0: an untrained Q-net, evaluated as is
-            critic.load_state_dict({k: torch.as_tensor(np.asarray(x)) for k, x in algo.qnet_state_dict().items()})
+            say(f"[Q-net stage] update {algo.qnet_updates}/{total}: held-out TD {checks[QNET_VALID_TD]:.3f} (best "
+                f"{schedule.best:.3f}), greedy BLEU given y* {checks[QNET_GREEDY_BLEU]:.2f}, top-1 "
+                f"{checks[CRITIC_TOP1_ACC]:.3f}, H(P_Q) {checks[CRITIC_TARGET_ENTROPY]:.2f}, Q-net lr {schedule.lr:g}")
+            run.checkpoint({"epoch": 0, "step": algo.num_updates, "qnet": summary, "qnet_schedule": schedule.state_dict()})
+        if best_file.is_file():  # the best Q-net by held-out error is the one step 2 uses
+            best = load_critic_file(best_file, fmt=QNET_FORMAT)
+            algo.load_qnet(best["state_dict"])
+            summary = {"source": "trained", **{k: x for k, x in best["meta"].items() if k not in ("task", "run_dir")},
+                       "last_updates": algo.qnet_updates, "stopped_on_plateau": bool(schedule.should_stop)}
+        else:  # qnet_epochs = 0: an untrained Q-net, evaluated as is
+            critic.load_state_dict({k: torch.tensor(np.array(x)) for k, x in algo.qnet_state_dict().items()})
             summary = {"source": "trained", "updates": 0, **evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len)}
-        path = save_qnet(run_dir / QNET_FILE, algo.qnet_state_dict(), critic_cfg,
-                         {"task": cfg.task, "tau": v.tau, "updates": algo.qnet_updates, "run_dir": str(run_dir)})
-        summary["path"] = str(path)
+            save_qnet(best_file, algo.qnet_state_dict(), critic_cfg,
+                      {"task": cfg.task, "tau": v.tau, "updates": 0, "run_dir": str(run_dir)})
+        summary["path"] = str(best_file)
     summary.update(done=True, wall_time_s=time.monotonic() - t0)
     checkpoint(summary)
     algo.set_stage("actor")

@@ -142,6 +142,12 @@ class VAMLLearner(TorchLearner):
             for group in self.get_optimizer(module_id, "actor").param_groups:
                 group["lr"] = lr
 
+    def set_qnet_lr(self, lr: float) -> None:
+        """The Q-net's learning rate (step 1's plateau schedule)."""
+        for module_id in self.module.keys():  # noqa: SIM118
+            for group in self.get_optimizer(module_id, "qnet").param_groups:
+                group["lr"] = lr
+
     def load_qnet(self, state_dict: dict[str, Any]) -> None:
         """Q-net weights (``Critic`` keys), e.g. from an earlier run's ``qnet.pt``; the target too."""
         for module_id in self.module.keys():  # noqa: SIM118
@@ -300,6 +306,10 @@ class VAMLAlgorithm(SupervisedSeqAlgorithm):
 
     def load_qnet(self, state_dict: dict[str, Any]) -> None:
         self.learner_group.foreach_learner(lambda learner: learner.load_qnet(state_dict))
+
+    def set_qnet_lr(self, lr: float) -> None:
+        """The Q-net optimiser's lr on every learner."""
+        self.learner_group.foreach_learner(lambda learner: learner.set_qnet_lr(lr))
 
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)

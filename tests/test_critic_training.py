@@ -1,0 +1,146 @@
+"""Critic pretraining and VAML's Q-net stage trained like the authors': held-out checks, lr × decay
+on a plateau, the best network kept and restored; fresh optimisers for joint training; the shared
+pretrained critic (``algo.critic_init``); "MLE continued" (``algo.actor_init`` for MLE).
+
+Toy task, in-process Ray; each run takes seconds.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rayseq.actor_io import CRITIC_FILE, load_actor, load_critic_file
+from rayseq.config import build_run_config
+from rayseq.data.tasks import load_task
+from rayseq.metrics import CRITIC_TOP1_ACC, CRITIC_VALID_TD, LR_CRITIC, LR_QNET, QNET_VALID_TD
+from rayseq.registry import get_algorithm
+
+
+def _records(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def mle_run(tmp_path_factory, ray_session):
+    from rayseq.train import train
+
+    out = tmp_path_factory.mktemp("mle") / "run"
+    train(build_run_config("mle", get_algorithm("mle").config_cls, "cpu", "toy", ["epochs=1"], out=str(out)))
+    return out
+
+
+def _ac(algo, out, mle_run, *overrides):
+    base = [f"algo.actor_init={mle_run}", "algo.critic_pretrain_epochs=0.2", "algo.critic_valid_every=5",
+            "algo.critic_valid_sentences=40", "algo.joint_epochs=0.04", "algo.valid_every=3", "log_every=2",
+            "valid_max_sentences=40", "batch_size=20"]
+    return build_run_config(algo, get_algorithm(algo).config_cls, "cpu", "toy", [*base, *overrides], out=str(out),
+                            num_rollout_workers=1, envs_per_worker=8)
+
+
+@pytest.mark.ray
+def test_critic_pretraining_keeps_the_best_critic_decays_on_plateau_and_starts_joint_from_it(tmp_path, mle_run):
+    from rayseq.train import train
+
+    run = tmp_path / "erac"
+    # a large critic lr: some held-out checks get worse, so the lr decays; at most 2 decays
+    results = train(_ac("erac", run, mle_run, "algo.critic_pretrain_lr=0.05", "algo.critic_max_decays=2"))
+    checks = [r for r in _records(run) if CRITIC_VALID_TD in r and "critic/best_valid_td" in r]
+    td = [r[CRITIC_VALID_TD] for r in checks]
+    assert len(checks) >= 2 and all(np.isfinite(td))
+    # the running best, and the lr halving after every check that did not improve on it
+    best, lr = float("inf"), 0.05
+    for r in checks:
+        improved = r[CRITIC_VALID_TD] <= best
+        best = min(best, r[CRITIC_VALID_TD])
+        lr = lr if improved else lr * 0.5
+        assert r["critic/best_valid_td"] == pytest.approx(best)
+        assert r[LR_CRITIC] == pytest.approx(lr)
+    # the stage stopped at the cap or after the 3rd non-improvement (2 decays allowed)
+    misses = sum(1 for i, r in enumerate(checks) if r[CRITIC_VALID_TD] > min(td[:i] or [np.inf]))
+    assert results["critic_updates"] == 30 or misses == 3
+    # critic_best.pt holds the best check, and joint training started from exactly that critic
+    saved = load_critic_file(run / CRITIC_FILE)
+    assert saved["meta"][CRITIC_VALID_TD] == pytest.approx(min(td))
+    assert results["critic"]["best"][CRITIC_VALID_TD] == pytest.approx(min(td))
+    start = results["joint_start"]
+    assert start[CRITIC_VALID_TD] == pytest.approx(min(td), rel=1e-5)  # scored again: the same critic, same samples
+    assert 0.0 <= start[CRITIC_TOP1_ACC] <= 1.0
+
+
+@pytest.mark.ray
+def test_joint_training_starts_with_fresh_optimisers_unless_told_not_to(mle_run, ray_session):
+    from rayseq.runtime.builders import build_actor_critic_algorithm
+
+    for fresh in (True, False):
+        cfg = _ac("erac", "unused", mle_run, f"algo.fresh_joint_optimizers={fresh}")
+        algo = build_actor_critic_algorithm(cfg, load_task("toy"))
+        try:
+            algo.set_stage("critic")
+            algo.updates_per_iteration = 2
+            algo.train()
+            sizes = lambda: algo.learner_group.foreach_learner(  # noqa: E731
+                lambda learner: {name: len(opt.state) for name, opt in learner.get_optimizers_for_module("default_policy")})
+            before = next(iter(sizes())).get()
+            critic = next(k for k in before if k.endswith("critic"))
+            actor = next(k for k in before if k.endswith("actor"))
+            assert before[critic] > 0 and before[actor] == 0, before  # the actor is frozen in pretraining
+            algo.set_stage("joint")
+            if cfg.algo_config.fresh_joint_optimizers:
+                algo.reset_optimizers()
+            after = next(iter(sizes())).get()
+            assert after[critic] == (0 if fresh else before[critic])
+        finally:
+            algo.stop()
+
+
+@pytest.mark.ray
+def test_a_shared_pretrained_critic_skips_pretraining(tmp_path, mle_run):
+    from rayseq.train import train
+
+    first = tmp_path / "first"
+    train(_ac("erac", first, mle_run))
+    second = tmp_path / "second"
+    results = train(_ac("erac", second, mle_run, f"algo.critic_init={first}"))
+    assert results["critic_updates"] == 0 and results["critic"]["source"].startswith("critic_init")
+    best = load_critic_file(first / CRITIC_FILE)["meta"][CRITIC_VALID_TD]
+    assert results["joint_start"][CRITIC_VALID_TD] == pytest.approx(best, rel=1e-5)
+
+
+@pytest.mark.ray
+def test_mle_continued_starts_from_the_actor_and_never_ends_below_it(tmp_path, mle_run):
+    from rayseq.train import train
+
+    run = tmp_path / "continued"
+    results = train(build_run_config("mle", get_algorithm("mle").config_cls, "cpu", "toy",
+                                     [f"algo.actor_init={mle_run}", "epochs=1"], out=str(run)))
+    start = load_actor(mle_run / "actor_best.pt")
+    recs = [r for r in _records(run) if "bleu/valid" in r]
+    assert recs[0]["step"] == 0 and recs[0]["bleu/valid"] == pytest.approx(start.meta["bleu/valid"])
+    assert results["bleu/valid"] == max(r["bleu/valid"] for r in recs) >= recs[0]["bleu/valid"]
+    trainer = json.loads((mle_run / "checkpoint" / "trainer_state.json").read_text())
+    assert recs[0]["lr"] == trainer["schedule"]["lr"]  # the lr where the MLE run left off
+
+
+@pytest.mark.ray
+def test_qnet_stage_keeps_the_best_qnet_and_decays_on_plateau(tmp_path, ray_session):
+    from rayseq.drivers.vaml import QNET_FILE
+    from rayseq.train import train
+
+    run = tmp_path / "vaml"
+    cfg = build_run_config("vaml", get_algorithm("vaml").config_cls, "cpu", "toy",
+                           ["epochs=1", "algo.qnet_epochs=4", "algo.qnet_lr=0.05", "algo.qnet_max_decays=1",
+                            "algo.qnet_valid_sentences=50"], out=str(run))
+    results = train(cfg)
+    checks = [r for r in _records(run) if QNET_VALID_TD in r]
+    td = [r[QNET_VALID_TD] for r in checks]
+    best, lr = float("inf"), 0.05
+    for r in checks:
+        lr = lr if r[QNET_VALID_TD] <= best else lr * 0.5
+        best = min(best, r[QNET_VALID_TD])
+        assert r[LR_QNET] == pytest.approx(lr)
+    saved = load_critic_file(run / QNET_FILE, fmt="rayseq-qnet/1")
+    assert saved["meta"][QNET_VALID_TD] == pytest.approx(min(td))
+    assert results["qnet"][QNET_VALID_TD] == pytest.approx(min(td))
+    assert CRITIC_TOP1_ACC in results["qnet"]
