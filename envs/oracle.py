@@ -133,10 +133,6 @@ class OracleMDP:
             self._bleu[prefix[:t]] = float(vals[t - 1])
         return self._bleu[prefix]
 
-    def pay_off(self, prefix: Prefix) -> float:
-        """Scaled pay-off R(ŷ; y*) of a partial sequence (Eq. 4), R(empty) = 0."""
-        return self.reward_scale * self.bleu(prefix)
-
     def reward(self, prefix: Prefix, w: int) -> float:
         """Incremental pay-off r(ŷ, w) = R(ŷ + w) − R(ŷ), times the scale (Eq. 13); 0 for eos (Eq. 4, 6).
 
