@@ -27,9 +27,6 @@ KNOWN_HARMLESS: tuple[str, ...] = (
 )
 """Substrings of the log messages :func:`quiet_known_warnings` drops."""
 
-INLINE_ARGS_BYTES = 8 * 1024 * 1024
-"""Task/actor arguments up to this size travel inline with the call (Ray's default: 100 KiB)."""
-
 _LOGGERS = (
     "ray._common.deprecation",
     "ray.rllib.algorithms.algorithm_config",
@@ -74,9 +71,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         log_to_driver=True,
         configure_logging=False,
         runtime_env={"worker_process_setup_hook": "rayseq.runtime.session.quiet_known_warnings"},
-        # the rollout workers' constructor arguments (RLlib's config, ~100s of KB) are passed inline
-        # rather than through the object store, so restarting a failed worker never depends on
-        # them (and Ray has nothing to warn about)
-        _system_config={"max_direct_call_object_size": INLINE_ARGS_BYTES},
     )
     return True
