@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from run_checks import check_bleu, steps_of
 
 from envs.pairs import toy_pairs
 from envs.seqpred import SeqPredConfig
@@ -178,14 +179,20 @@ def test_smoke_every_registered_actor_critic_algorithm(algo, tmp_path, mle_run):
     from rayseq.train import train
 
     run = tmp_path / algo
-    results = train(_ac_config(algo, run, mle_run))
+    cfg = _ac_config(algo, run, mle_run)
+    results = train(cfg)
     for name in ("run.json", "stages.json", "metrics.jsonl", "actor_best.pt", "curve.png", "results.json", "checkpoint"):
         assert (run / name).exists(), name
-    assert results["critic_updates"] > 0 and results["joint_updates"] > 0
-    assert results["updates"] == results["critic_updates"] + results["joint_updates"]
-    assert 0.0 <= results["test"]["bleu"] <= 100.0
-    assert results["mle"]["source"] == "actor_init" and "bleu" in results["mle"]["test"]
+    # critic: 0.15 × 3000 pairs / 20 = 22.5 → 23 updates, one held-out check (every 150 = an epoch);
+    # joint: 0.2 × 3000 / 20 = 30 updates, validated every 5 (the 1-epoch MLE actor cannot collapse)
+    assert (results["critic_updates"], results["joint_updates"], results["updates"]) == (23, 30, 53)
+    assert results["collapsed"] is False
+    assert results["mle"]["source"] == "actor_init"
+    assert results["mle"]["test"] == json.loads((mle_run / "results.json").read_text())["test"]
+    check_bleu(run, results, cfg)
     recs = _records(run)
+    assert steps_of(recs, "bleu/valid") == [23, 28, 33, 38, 43, 48, 53]  # the start, then every 5 updates
+    assert steps_of(recs, "loss/critic_td") == list(range(2, 54, 2))  # log_every = 2
     td = [r["loss/critic_td"] for r in recs if "loss/critic_td" in r]
     assert td and all(np.isfinite(td))
     assert any("loss/actor" in r for r in recs) and any("bleu/valid" in r for r in recs)
@@ -201,7 +208,7 @@ def test_async_schedule_trains_from_replay_with_logged_policy_lag(tmp_path, mle_
     run = tmp_path / "async"
     results = train(_ac_config("erac", run, mle_run, "algo.schedule=async", "algo.replay_capacity=200",
                                "algo.replay_ratio=2.0", "algo.weights_sync_every=2"))
-    assert results["joint_updates"] > 0
+    assert (results["critic_updates"], results["joint_updates"]) == (23, 30)  # as the sync schedule's
     lags = [r["policy_lag"] for r in _records(run) if "policy_lag" in r]
     assert lags and all(v >= 0 for v in lags) and max(lags) > 0  # workers ran ahead of the learner
 
@@ -211,9 +218,10 @@ def test_remote_learner_layout(tmp_path, mle_run):
     """The learner in its own Ray actor (``--num-learners 1``), as on a cluster."""
     from rayseq.train import train
 
-    results = train(_ac_config("erac", tmp_path / "remote", mle_run, "algo.joint_epochs=0.1", num_rollout_workers=1,
-                               num_learners=1))
-    assert results["critic_updates"] > 0 and results["joint_updates"] > 0
+    cfg = _ac_config("erac", tmp_path / "remote", mle_run, "algo.joint_epochs=0.1", num_rollout_workers=1, num_learners=1)
+    results = train(cfg)
+    assert (results["critic_updates"], results["joint_updates"]) == (23, 15)  # 0.1 × 3000 / 20 = 15 joint updates
+    check_bleu(tmp_path / "remote", results, cfg)
 
 
 @pytest.mark.ray
@@ -222,12 +230,15 @@ def test_resume_skips_finished_stages(tmp_path, mle_run):
 
     run = tmp_path / "resume"
     first = train(_ac_config("erac", run, mle_run, "algo.joint_epochs=0"))
-    assert first["joint_updates"] == 0 and first["critic_updates"] > 0
+    assert (first["critic_updates"], first["joint_updates"], first["updates"]) == (23, 0, 23)
     cfg = _ac_config("erac", run, mle_run, "algo.joint_epochs=0.2")
     second = train(cfg, resume=True)
-    assert second["critic_updates"] == first["critic_updates"]  # not pretrained again
-    assert second["joint_updates"] > 0
-    assert second["updates"] == first["updates"] + second["joint_updates"]
+    assert second["critic_updates"] == 23  # not pretrained again
+    assert (second["joint_updates"], second["updates"]) == (30, 53)
+    assert second["critic"] == first["critic"]
+    recs = _records(run)
+    assert steps_of(recs, "lr/critic") == [23]  # the critic stage's one held-out check, logged once
+    assert steps_of(recs, "bleu/valid") == [23, 28, 33, 38, 43, 48, 53]  # the start of joint training once
 
 
 @pytest.mark.ray

@@ -153,7 +153,7 @@ def test_make_vec_gives_the_native_vector_env():
 
 def test_rllib_env_runner_builds_and_samples_the_vector_env():
     """RLlib's SingleAgentEnvRunner creates our vector env (it passes num_envs) and samples from it."""
-    torch = pytest.importorskip("torch")
+    import torch  # a required dependency (RLlib's torch stack)
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.rllib.core.rl_module.torch import TorchRLModule

@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from run_checks import check_bleu, steps_of
 
-from rayseq.algorithms.mle import mle_loss
+from rayseq.algorithms.mle import PlateauSchedule, mle_loss
 from rayseq.algorithms.raml import raml_loss
 from rayseq.config import build_run_config
 from rayseq.registry import ALGORITHMS, SUPERVISED, get_algorithm
@@ -30,12 +31,23 @@ def test_smoke_every_registered_supervised_algorithm(algo, tmp_path, ray_session
     run = tmp_path / algo
     for name in ("run.json", "metrics.jsonl", "actor_best.pt", "actor_latest.pt", "curve.png", "results.json", "checkpoint"):
         assert (run / name).exists(), name
-    assert results["epochs"] == 2 and results["updates"] > 0
-    assert 0.0 <= results["test"]["bleu"] <= 100.0
+    assert results["epochs"] == 2 and results["updates"] == 2 * 3000 // 50  # 2 epochs of the 3000 toy pairs, batch 50
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss/actor"] for r in records if "loss/actor" in r]
     assert losses and all(np.isfinite(losses))
-    assert sum("bleu/valid" in r for r in records) == 2
+    assert steps_of(records, "loss/actor") == list(range(20, 121, 20))  # every log_every = 20 updates, once
+    assert steps_of(records, "bleu/valid") == [60, 120]
+    # the lr schedule replayed on the logged validations gives the logged lr and the checkpoint's schedule
+    a = cfg.algo_config
+    replay = PlateauSchedule(lr=a.lr, decay=a.lr_decay, max_decays=a.max_decays)
+    valid = [r for r in records if "bleu/valid" in r]
+    for r in valid:
+        replay.step(r["bleu/valid"])
+        assert r["lr"] == replay.lr
+    state = json.loads((run / "checkpoint" / "trainer_state.json").read_text())
+    assert state["schedule"] == replay.state_dict() and state["step"] == results["updates"]
+    assert results["best_epoch"] == max(r["epoch"] for r in valid if r["bleu/valid"] == replay.best)
+    check_bleu(run, results, cfg)
 
 
 def test_resume_gives_the_same_next_updates(tmp_path, ray_session):
@@ -52,19 +64,24 @@ def test_resume_gives_the_same_next_updates(tmp_path, ray_session):
         first.train()
         first.set_lr(0.3)
         save_checkpoint(first, tmp_path / "raml", {"epoch": 1})
+        saved = (first.num_updates, first.tokens_total)
         first.pop_train_log()
         first.train()
-        expected = [r["loss/actor"] for r in first.pop_train_log()]
+        log = first.pop_train_log()
+        expected = [r["loss/actor"] for r in log]
     finally:
         first.stop()
+    assert saved[0] == 60 and [r["step"] for r in log] == list(range(61, 121))  # batch 50: 60 updates an epoch
     second = build_supervised_algorithm(cfg, task)
     try:
         assert restore_checkpoint(second, tmp_path / "raml") == {"epoch": 1}
+        assert (second.num_updates, second.tokens_total) == saved  # the counters' set_state round trip
         second.train()
-        got = [r["loss/actor"] for r in second.pop_train_log()]
+        log2 = second.pop_train_log()
+        got = [r["loss/actor"] for r in log2]
     finally:
         second.stop()
-    assert len(got) == len(expected) > 0
+    assert [(r["step"], r["epoch"], r["tokens/total"]) for r in log2] == [(r["step"], r["epoch"], r["tokens/total"]) for r in log]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -89,4 +106,5 @@ def test_remote_learner(tmp_path, ray_session):
 
     cfg = _toy_config("mle", tmp_path, "epochs=1", num_learners=1)
     results = train(cfg)
-    assert results["updates"] > 0 and (tmp_path / "mle" / "actor_best.pt").exists()
+    assert results["updates"] == 60 and (tmp_path / "mle" / "actor_best.pt").exists()
+    check_bleu(tmp_path / "mle", results, cfg)

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from run_checks import check_bleu
 
 from envs.pairs import toy_pairs
 from envs.seqpred import SeqPredConfig, SeqPredEnv
@@ -225,9 +226,9 @@ _SMOKE = {
 def test_smoke_every_registered_swapin(algo, tmp_path, mle_run):
     """Seconds-long run of RLlib's algorithm from the MLE actor: files, results, metrics, weights moved."""
     from rayseq.actor_io import load_actor
-    from rayseq.metrics import METRIC_NAMES
-    from rayseq.train import train
     from rayseq.drivers.swapin import SAMPLE_RETURN, SAMPLED_TOKENS
+    from rayseq.metrics import METRIC_NAMES, read_metrics
+    from rayseq.train import train
 
     run = tmp_path / algo
     cfg = build_run_config(
@@ -241,8 +242,19 @@ def test_smoke_every_registered_swapin(algo, tmp_path, mle_run):
         assert (run / name).exists(), name
     on_disk = json.loads((run / "results.json").read_text())
     assert on_disk["algo"] == algo and on_disk["iterations"] == 3
-    assert 0.0 <= on_disk["test"]["bleu"] <= 100.0 and on_disk["bleu/valid"] >= on_disk["start_bleu_valid"]
     assert on_disk["mle"]["source"] == "actor_init" and results["test"] == on_disk["test"]
+    check_bleu(run, results, cfg)
+    # the best is the highest of the validations logged (the MLE actor's at iteration 0 included),
+    # at the first iteration that reached it, and actor_best.pt is the actor of that iteration
+    logged = [(r["step"], r["bleu/valid"]) for r in read_metrics(run) if "bleu/valid" in r]
+    assert [s for s, _ in logged] == [0, 3]
+    best = max(b for _, b in logged)
+    assert on_disk["start_bleu_valid"] == logged[0][1] and on_disk["bleu/valid"] == best
+    assert on_disk["best_step"] == min(s for s, b in logged if b == best)
+    assert load_actor(run / "actor_best.pt").meta["step"] == on_disk["best_step"]
+    best_file = mle_run / "actor_best.pt" if on_disk["best_step"] == 0 else run / "actor_latest.pt"
+    assert all(torch.equal(v, load_actor(best_file).model.state_dict()[k])
+               for k, v in load_actor(run / "actor_best.pt").model.state_dict().items())
 
     mle = load_actor(mle_run / "actor_best.pt").model.state_dict()
     latest = load_actor(run / "actor_latest.pt").model.state_dict()

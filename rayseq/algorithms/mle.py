@@ -46,6 +46,9 @@ class MLEConfig:
     """Start from this actor (a run directory's best actor, or an actor file) instead of random
     weights: "MLE continued", the baseline that gets the RL stage's extra updates. Its validation
     BLEU counts as epoch 0, so the best actor is never worse than the start."""
+    continue_lr: bool = True
+    """With ``actor_init`` from an MLE run: start at the lr where that run's schedule stopped
+    (MLE continued goes on where it left off); False: start at ``lr``."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:

@@ -199,6 +199,9 @@ def joint_stage(run: Run, step: int, done_c: int, per_epoch: float, chunk: int) 
         run.writer.log(step, step / per_epoch, {BLEU_VALID: start_bleu, **valid.stats, **extra, LR: schedule.lr,
                                                 TOKENS_TOTAL: float(algo.tokens_total)})
         run.save_stage("joint_start", {BLEU_VALID: start_bleu, **valid.stats, **extra})
+        run.checkpoint({"step": step, "critic_updates": done_c, "joint_updates": done, "critic_done": True,
+                        "schedule": schedule.state_dict(), "start_bleu": start_bleu, "best_step": best_step,
+                        "collapsed": has_collapsed})  # a resume does not validate the start again
         say(f"[joint stage] start: valid BLEU {start_bleu:.2f} (the MLE actor); {n_joint} updates at most")
     while done < n_joint and not schedule.should_stop and not has_collapsed:
         t0 = time.perf_counter()
@@ -223,7 +226,8 @@ def joint_stage(run: Run, step: int, done_c: int, per_epoch: float, chunk: int) 
         run.keep(
             model, valid, improved, step=step, epoch=step / per_epoch, position={"step": step},
             metrics={**extra, LR: schedule.lr, EPOCH_TIME_S: time.perf_counter() - t0, TOKENS_TOTAL: float(algo.tokens_total)},
-            trainer_state={"step": step, "critic_updates": done_c, "joint_updates": done, "schedule": schedule.state_dict(),
+            trainer_state={"step": step, "critic_updates": done_c, "joint_updates": done, "critic_done": True,
+                           "schedule": schedule.state_dict(),
                            "start_bleu": start_bleu, "best_step": best_step, "collapsed": has_collapsed},
         )
         say(msg)

@@ -67,7 +67,7 @@ def check_finite(records: Sequence[Mapping[str, Any]], where: str, run_dir: Path
     """
     for rec in records:
         for key, value in rec.items():
-            if isinstance(value, float) and not math.isfinite(value):
+            if isinstance(value, (float, np.floating)) and not math.isfinite(value):
                 raise TrainingError(
                     f"{key} is {value} at update {rec.get('step')} ({where}); training stopped. Last good "
                     f"checkpoint: {run_dir / CHECKPOINT_DIR}; resume it with --resume {run_dir} and {hint}."

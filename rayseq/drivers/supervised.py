@@ -63,7 +63,7 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
     best_epoch = state.get("best_epoch")
     hint = "a smaller lr (algo.lr=...)"
     if not state and getattr(cfg.algo_config, "actor_init", None):  # MLE continued: the start is epoch 0
-        start_lr = continued_lr(cfg.algo_config.actor_init)
+        start_lr = continued_lr(cfg.algo_config.actor_init) if cfg.algo_config.continue_lr else None
         if start_lr is not None:  # the lr the start actor's own MLE run had decayed to
             schedule.lr = start_lr
             algo.set_lr(start_lr)

@@ -97,6 +97,8 @@ def train_swapin(cfg: RunConfig, resume: bool = False, address: str | None = Non
             best_it = 0
             run.save_actor("best", model, {"step": 0}, best)
             run.writer.log(0, 0.0, {BLEU_VALID: start_bleu, SAMPLED_TOKENS: 0.0})
+            run.checkpoint({"iteration": 0, "episodes": 0.0, "start_bleu": start_bleu, "best_bleu": best,
+                            "best_iteration": best_it})  # a resume does not validate the start again
             say(f"[{cfg.algo}] start: valid BLEU {start_bleu:.2f} (the MLE actor); {sw.iterations} iterations")
         t_chunk = time.perf_counter()
         while it < sw.iterations:

@@ -30,7 +30,7 @@ import numpy as np
 import ray
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+from ray.rllib.core import COMPONENT_ENV_RUNNER, COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.checkpoints import Checkpointable
@@ -370,6 +370,12 @@ class ActorCriticAlgorithm(Algorithm):
     def restore_from_path(self, path, *args, **kwargs) -> None:
         Checkpointable.restore_from_path(self, path, *args, **kwargs)
         self.push_weights()
+
+    def get_checkpointable_components(self) -> list[tuple[str, Any]]:
+        """The learner group only: rollout workers hold no state of their own (the driver pushes the
+        actor's weights to them), and the in-driver runner (``num_rollout_workers=0``) is not a
+        ``Checkpointable``."""
+        return [(name, c) for name, c in super().get_checkpointable_components() if name != COMPONENT_ENV_RUNNER]
 
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)
