@@ -1,33 +1,7 @@
-"""``rayseq eval RUN_DIR``: decode a test set with a trained actor and score it with BLEU.
-
-Run directory convention (every algorithm's trainer writes it; plain files, no ray needed to
-read them)::
-
-    RUN_DIR/
-      run.json         {"task": "multi30k", "data_dir": null or "PATH", "algo": "erac", ...}
-      actor_best.pt    actor with the best validation BLEU so far   (rayseq.actor_io.save_actor)
-      actor_latest.pt  actor at the latest checkpoint               (rayseq.actor_io.save_actor)
-
-``run.json`` needs at least ``task`` (a name in ``rayseq.data.tasks.TASKS``); ``data_dir`` is the
-data directory the run used (null: the shipped copy or ``$RAYSEQ_DATA_DIR``) and ``algo`` the
-algorithm; other keys are kept as they are. The actor files are atomic single-file checkpoints
-(weights, model config and both vocabularies, see ``rayseq.actor_io``), so evaluating never
-depends on rebuilding a vocabulary the same way. ``--which best|latest`` picks the file.
-
-What is measured, for a task split (``--split``) or for ``--src FILE --ref FILE [--ref FILE ...]``
-(line-aligned, tokenized; several ``--ref`` = several references per sentence):
-
-- ``bleu``: corpus BLEU-4 on target token ids as the paper reported it
-  (``rayseq.evaluation.corpus_bleu_ids``: no smoothing, a reference ``<unk>`` never matches;
-  ``--ref`` files are encoded with the run's target vocabulary);
-- ``sacrebleu``: standard sacrebleu corpus BLEU (``tokenize="none"``) of the hypotheses as text
-  (target tokens, ``<unk>`` spelled out) against the references' raw tokenized text, with its
-  ``sacrebleu_signature``;
-- ``decode_tokens_per_s``: generated tokens (``<eos>`` included) per second of decoding, and
-  ``seconds``: decoding wall time.
-
-Decoding is beam search (``--beam 1``: greedy), batched over sources sorted by length; the
-hypotheses (``--hyp-out``) are written in the original order, one per line, atomically.
+"""``rayseq eval RUN_DIR``: decode a split (or ``--src``/``--ref`` files) with a run's actor and score
+it with BLEU; ``--critic`` scores the run's critic or Q-net instead. Argument parsing and printing
+only: what is measured, and the run directory it reads, are described in
+``rayseq.evaluation.score`` and ``rayseq.evaluation.critic``.
 """
 
 from __future__ import annotations
