@@ -394,12 +394,13 @@ def test_config_defaults_variants_and_validation() -> None:
     cfg = ERACConfig()
     assert (cfg.tau, cfg.beta, cfg.lambda_var, cfg.lambda_mle) == (0.045, 0.001, 0.001, 0.1)
     assert cfg.target_tau == 0.045 and cfg.adam_betas == (0.0, 0.999)
-    assert cfg.exclude_tokens == (PAD, BOS) and cfg.normalize_logpi_l2 is False
+    assert cfg.exclude_tokens == (PAD, BOS) and cfg.normalize_logpi_l2 is True  # the official actor term
+    assert ERACConfig.variant("erac-eq20").normalize_logpi_l2 is False  # Eq. (20) as printed
     ac = ERACConfig.ac()
     assert ac.tau == 0.0 and ac.target_tau == 0.0
     nf = ERACConfig.nofutent()
     assert nf.tau == 0.045 and nf.target_tau == 0.0
-    assert set(VARIANTS) == {"erac", "ac", "erac-nofutent"}
+    assert set(VARIANTS) == {"erac", "ac", "erac-nofutent", "erac-eq20"}
     assert ERACConfig.variant("erac", tau=0.04).tau == 0.04
     with pytest.raises(ValueError, match="τ"):
         ERACConfig(tau=-0.1)
