@@ -275,7 +275,8 @@ def _write_png(fig: Any, out_png: str | os.PathLike[str], title: str | None) -> 
 def plot_learning_curve(
     metrics_path: str | os.PathLike[str], out_png: str | os.PathLike[str], title: str | None = None
 ) -> Path:
-    """PNG with validation BLEU vs epoch, vs wall time, and training losses vs step; returns its path.
+    """PNG with validation BLEU vs epoch, vs wall time, training losses vs step and, when logged, the
+    critic's held-out figures and the decoding stats vs step; returns its path.
 
     ``metrics_path``: a ``metrics.jsonl`` or a run directory. Written atomically. Panels without
     data say so instead of failing (e.g. before the first validation).
@@ -284,9 +285,10 @@ def plot_learning_curve(
     from matplotlib.figure import Figure
 
     records = read_metrics(metrics_path)
-    fig = Figure(figsize=(15, 4.2), dpi=100)
+    quality = sorted({k for r in records for k in r if k.startswith(("critic/", "decode/")) and k != CRITIC_BEST_TD})
+    fig = Figure(figsize=(20 if quality else 15, 4.2), dpi=100)
     FigureCanvasAgg(fig)
-    ax_epoch, ax_time, ax_loss = fig.subplots(1, 3)
+    ax_epoch, ax_time, ax_loss, *ax_quality = fig.subplots(1, 4 if quality else 3)
 
     def empty(ax: Any, what: str) -> None:
         ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=ax.transAxes)
@@ -324,6 +326,16 @@ def plot_learning_curve(
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training loss vs step")
     ax_loss.grid(alpha=0.3)
+
+    for ax in ax_quality:  # the critic's held-out figures and how the decoded outputs look
+        for name in quality:
+            xs, ys = _series(records, STEP, name)
+            if xs:
+                ax.plot(xs, ys, "o-", label=name, markersize=3, linewidth=1)
+        ax.legend(loc="best", fontsize=7)
+        ax.set_xlabel("step (updates)")
+        ax.set_title("critic (held-out) and decoding vs step")
+        ax.grid(alpha=0.3)
 
     return _write_png(fig, out_png, title)
 
