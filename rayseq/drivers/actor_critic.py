@@ -75,10 +75,15 @@ def train_chunk(run: Run, n: int, stage: str, per_epoch: float) -> int:
     return n
 
 
+def critic_config(run: Run) -> CriticConfig:
+    """The critic's shape: sized like this run's actor."""
+    cfg, task = run.cfg, run.task
+    return CriticConfig.like_actor(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab)))
+
+
 def critic_model(run: Run, weights: Mapping[str, Any]) -> Critic:
     """The critic with ``weights`` as a plain model on the driver."""
-    cfg, task = run.cfg, run.task
-    critic = Critic(CriticConfig.like_actor(cfg.seq2seq_config(len(task.src_vocab), len(task.tgt_vocab))))
+    critic = Critic(critic_config(run))
     critic.load_state_dict({k: torch.tensor(np.array(v)) for k, v in weights.items()})  # copies
     return critic.eval()
 
@@ -132,7 +137,7 @@ def critic_stage(run: Run, step: int, per_epoch: float) -> tuple[int, int]:
         metrics = score(run, actor, weights, "critic")
         improved = schedule.step(metrics[CRITIC_VALID_TD])
         if improved:
-            save_critic_file(best_file, weights, asdict(critic_model(run, weights).cfg),
+            save_critic_file(best_file, weights, asdict(critic_config(run)),
                              {"step": step, "critic_updates": done, **metrics})
         algo.set_critic_lr(schedule.lr)
         run.writer.log(step, step / per_epoch, {**metrics, CRITIC_BEST_TD: schedule.best, LR_CRITIC: schedule.lr,
@@ -141,9 +146,11 @@ def critic_stage(run: Run, step: int, per_epoch: float) -> tuple[int, int]:
             f"(best {schedule.best:.4f}), top-1 {metrics[CRITIC_TOP1_ACC]:.3f}, rank corr "
             f"{metrics[CRITIC_MC_RANK_CORR]:.3f}, eos margin {metrics[CRITIC_EOS_MARGIN]:.2f}, critic lr {schedule.lr:g}")
         run.checkpoint({"step": step, "critic_updates": done, "joint_updates": 0, "critic_schedule": schedule.state_dict()})
+    best = {}
     if best_file.is_file():
-        algo.load_critic(load_critic_file(best_file)["state_dict"])
-    best = load_critic_file(best_file)["meta"] if best_file.is_file() else {}
+        saved = load_critic_file(best_file)
+        algo.load_critic(saved["state_dict"])
+        best = saved["meta"]
     run.save_stage("critic", {"updates": done, "best": best, "stopped_on_plateau": bool(schedule.should_stop)})
     run.checkpoint({"step": step, "critic_updates": done, "joint_updates": 0, "critic_schedule": schedule.state_dict(),
                     "critic_done": True})
