@@ -55,6 +55,34 @@ def test_trials_mle_phase_first_and_rl_runs_start_from_its_best_actors(tmp_path)
     assert list(trial_specs(ExperimentConfig.for_algos("toy", ["raml"], out=str(tmp_path)))) == ["main"]
 
 
+def test_shared_mle_runs_one_mle_that_every_seed_starts_from(tmp_path):
+    cfg = ExperimentConfig(task="toy", arms=[Arm("mle"), Arm("mle", "continued", ("algo.budget_epochs=0.5",)), Arm("erac")],
+                           seeds=3, out=str(tmp_path), shared_mle=True)
+    phases = trial_specs(cfg)
+    assert [s.key for s in phases["mle"]] == ["mle-seed1234"]
+    actor = str(tmp_path / "mle-seed1234" / "actor_best.pt")
+    assert [s.key for s in phases["main"]] == [f"{a}-seed{s}" for a in ("mle-continued", "erac") for s in (1234, 1235, 1236)]
+    assert {s.actor_init for s in phases["main"]} == {actor}
+    assert [s.seed for s in phases["main"]][:3] == [1234, 1235, 1236]  # the RL stage's own seed differs
+
+
+def test_ac_protocol_gives_mle_continued_the_rl_stage_budget(tmp_path):
+    """``reproduce ac``: "MLE continued" trains for ERAC's joint epochs (a fraction: an update budget)
+    and validates as often, under the experiment's preset and settings."""
+    from rayseq.experiments.paper import PAPER_EXPERIMENTS, Grid, rl_stage_budget
+
+    cfg = ExperimentConfig(task="multi30k", arms=[Arm("mle")], preset="quick", out=str(tmp_path))
+    assert rl_stage_budget(cfg) == (0.2, 58)
+    cfg = ExperimentConfig(task="multi30k", arms=[Arm("mle")], preset="quick", out=str(tmp_path),
+                           overrides=["erac:algo.joint_epochs=0.5", "algo.valid_every=29"])
+    assert rl_stage_budget(cfg) == (0.5, 29)
+    arms = PAPER_EXPERIMENTS["ac"].arms(Grid(continued_epochs=0.5, continued_valid_every=29))
+    assert [a.label for a in arms] == ["mle", "mle (continued)", "ac", "erac", "erac-eq20", "erac-nofutent"]
+    assert arms[1].overrides == ("epochs=1", "algo.budget_epochs=0.5", "algo.valid_every_updates=29")
+    assert PAPER_EXPERIMENTS["ac"].arms(Grid(continued_epochs=2.0, continued_valid_every=0))[1].overrides == \
+        ("epochs=2", "algo.budget_epochs=2")
+
+
 def test_trial_resources_come_from_the_run_config():
     from rayseq.algorithms.erac import ERACConfig
     from rayseq.algorithms.mle import MLEConfig

@@ -301,6 +301,34 @@ def test_supervised_lr_halves_after_a_non_improving_epoch_then_stops(tmp_path, m
     check_bleu(run, results, cfg)
 
 
+@pytest.mark.ray
+def test_mle_continued_for_the_rl_stage_budget_validates_mid_epoch_and_resumes(tmp_path, mle_run, monkeypatch):
+    """"MLE continued" for the RL stage's budget: algo.budget_epochs=0.5 of 6 updates an epoch (batch
+    500) = 3 updates, validated every 2 (algo.valid_every_updates): checks at updates 0, 2, 3. Killed after the
+    first chunk was logged (before its checkpoint), the resumed run redoes that chunk and ends at
+    update 3, mid-epoch."""
+    from rayseq.train import train
+
+    overrides = (f"algo.actor_init={mle_run}", "algo.budget_epochs=0.5", "algo.valid_every_updates=2", "epochs=4", "batch_size=500")
+    whole = tmp_path / "whole"
+    results = train(_config("mle", whole, *overrides))
+    check_steps(whole, BLEU_VALID, [0, 2, 3])
+    assert [r["epoch"] for r in read_metrics(whole) if BLEU_VALID in r] == [0, pytest.approx(2 / 6), 0.5]
+    assert results["updates"] == 3 and results["epochs"] == 0.5
+
+    run = tmp_path / "killed"
+    cfg = _config("mle", run, *overrides)
+    _kill_after_logging(monkeypatch, "epoch 1")
+    with pytest.raises(Killed):
+        train(cfg)
+    monkeypatch.undo()
+    resumed = train(cfg, resume=True)
+    check_steps(run, BLEU_VALID, [0, 2, 3])
+    assert resumed["updates"] == 3 and resumed["epochs"] == 0.5
+    check_steps(run, "loss/actor", [1, 2, 3])  # chunk 1 redone, logged once
+    check_bleu(run, resumed, cfg)
+
+
 # ----------------------------------------------------------------------------- resuming mid-stage
 
 

@@ -49,6 +49,12 @@ class MLEConfig:
     continue_lr: bool = True
     """With ``actor_init`` from an MLE run: start at the lr where that run's schedule stopped
     (MLE continued goes on where it left off); False: start at ``lr``."""
+    budget_epochs: float = 0.0
+    """Stop after this many epochs' worth of updates, a fraction allowed (0: no cap but ``epochs``):
+    "MLE continued" for exactly the RL stage's updates (its ``algo.joint_epochs``)."""
+    valid_every_updates: int = 0
+    """Validate (keep the best actor, step the lr schedule) every this many updates; 0: after each
+    epoch. "MLE continued" uses the RL stage's ``algo.valid_every``."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -57,6 +63,9 @@ class MLEConfig:
             raise ValueError(f"MLEConfig.lr_decay must be in (0, 1); got {self.lr_decay}")
         if self.max_decays < 0:
             raise ValueError(f"MLEConfig.max_decays must be >= 0; got {self.max_decays}")
+        if self.budget_epochs < 0 or self.valid_every_updates < 0:
+            raise ValueError(f"MLEConfig.budget_epochs and valid_every_updates must be >= 0 (0: off); got "
+                             f"{self.budget_epochs} and {self.valid_every_updates}")
         for name in ("batch_size", "max_epochs", "beam_size", "max_decode_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MLEConfig.{name} must be >= 1; got {getattr(self, name)}")

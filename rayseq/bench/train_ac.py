@@ -12,7 +12,9 @@ On the same real Multi30k batches (paper-size actor and critic), in one process:
   algorithm's alone).
 
 ``erac_over_mle_cost`` = ERAC update time ÷ MLE update time (both learner-side; sampling is the
-rollout workers' job and reported apart). The ERAC update includes its λ_mle·MLE term on the
+rollout workers' job and reported apart). ``critic_pretrain_*``: a critic-pretraining update (the
+frozen actor's log π, the critic's Eq. 18 step, the target critic) on the same samples, through the
+same learner — the cost that dominates the authors' schedule (20 critic epochs before joint training). The ERAC update includes its λ_mle·MLE term on the
 references. Tokens/s count the sampled actions (eos included) trained on. The phase times split an ERAC update into its network
 passes, each timed alone in plain torch: critic (forward + backward of Eq. 18 with the Eq. 19
 target), target critic (forward), actor (forward + backward of Eq. 20 on the samples), MLE term
@@ -186,8 +188,10 @@ def run(cfg: ACTrainBenchConfig) -> dict:
     started = init_ray()
     try:
         algo = build_actor_critic_algorithm(ac_cfg, task)
-        algo.set_stage("joint")
         try:
+            algo.set_stage("critic")
+            t_critic = _time_learner_updates(algo, batches, cfg, device)
+            algo.set_stage("joint")
             t_erac = _time_learner_updates(algo, batches, cfg, device)
         finally:
             algo.stop()
@@ -213,6 +217,10 @@ def run(cfg: ACTrainBenchConfig) -> dict:
         "mle_tokens_per_s": timed_steps / t_mle,
         "erac_over_mle_cost": t_erac / t_mle,
         "erac_ms_per_update": 1000 * t_erac,
+        "critic_pretrain_ms_per_update": 1000 * t_critic,
+        "critic_pretrain_updates_per_s": 1.0 / t_critic,
+        "critic_pretrain_tokens_per_s": timed_steps / t_critic,
+        "critic_pretrain_over_mle_cost": t_critic / t_mle,
         "mle_ms_per_update": 1000 * t_mle,
         "phase_ms": {
             "sampling": 1000 * t_sample,

@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--betas", type=_floats, help=f"table3: the β values (default {','.join(map(str, BETAS))})")
     p.add_argument("--lambda-vars", type=_floats, help=f"table3: the λ_var values (default {','.join(map(str, LAMBDA_VARS))})")
     p.add_argument("--taus", type=_floats, help=f"fig1: the τ grid (default {','.join(map(str, TAUS))})")
-    p.add_argument("--continued-epochs", type=int,
-                   help="ac: epochs of 'MLE continued' (default 1: the cpu preset's joint-training budget)")
+    p.add_argument("--continued-epochs", type=float,
+                   help="ac: epochs of 'MLE continued', a fraction allowed (default: ERAC's algo.joint_epochs, the RL stage's budget)")
     add_experiment_arguments(p, seeds_default=None)
 
 

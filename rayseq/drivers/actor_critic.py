@@ -23,7 +23,6 @@ continues the current one. The test BLEU of the best actor is printed next to th
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -39,7 +38,7 @@ from rayseq.algorithms.mle import PlateauSchedule
 from rayseq.config import RunConfig
 from rayseq.data.tasks import Task
 from rayseq.drivers.pretrained import MLE_STAGE, mle_stage
-from rayseq.drivers.stage import Run, collapsed, open_run, say
+from rayseq.drivers.stage import Run, collapsed, open_run, say, stage_updates
 from rayseq.evaluation.critic import score_critic
 from rayseq.metrics import (
     BLEU_VALID,
@@ -60,11 +59,6 @@ from rayseq.models.seq2seq import Seq2Seq
 from rayseq.runtime.builders import build_actor_critic_algorithm
 
 HINT = "a smaller learning rate (algo.actor_lr / algo.critic_lr)"
-
-
-def stage_updates(epochs: float, num_pairs: int, batch_size: int) -> int:
-    """Updates in ``epochs`` passes over ``num_pairs`` sources at ``batch_size`` sources per update."""
-    return math.ceil(epochs * num_pairs / batch_size)
 
 
 def train_chunk(run: Run, n: int, stage: str, per_epoch: float) -> int:

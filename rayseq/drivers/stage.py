@@ -54,6 +54,11 @@ the algorithm exist (the MLE stage); its summary is kept in ``stages.json`` unde
 # ----------------------------------------------------------------------------- stopping rules
 
 
+def stage_updates(epochs: float, num_pairs: int, batch_size: int) -> int:
+    """Updates in ``epochs`` passes over ``num_pairs`` sources at ``batch_size`` sources per update."""
+    return math.ceil(epochs * num_pairs / batch_size)
+
+
 def collapsed(start: float, now: float, margin: float) -> bool:
     """Whether validation BLEU ``now`` fell more than ``margin`` points below ``start``."""
     return now < start - margin

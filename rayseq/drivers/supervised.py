@@ -15,6 +15,7 @@ its Q-net stage (``rayseq.drivers.vaml``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from rayseq.actor_io import load_actor, resolve_actor
 from rayseq.algorithms.mle import PlateauSchedule
 from rayseq.config import RunConfig
-from rayseq.drivers.stage import Run, open_run, say
+from rayseq.drivers.stage import Run, open_run, say, stage_updates
 from rayseq.metrics import BLEU_VALID, EPOCH_TIME_S, LR, TOKENS_PER_S, TOKENS_TOTAL
 from rayseq.run_dir import CHECKPOINT_DIR, TRAINER_STATE
 from rayseq.runtime.builders import build_supervised_algorithm
@@ -50,6 +51,13 @@ def continued_lr(actor_init: str) -> float | None:
     return float(schedule["lr"]) if "lr" in schedule else None
 
 
+def iteration_updates(valid_every: int, left: int) -> int:
+    """Updates of the next ``train()``: up to the next validation (``valid_every``) and no further
+    than the budget's ``left`` updates; 0 (the rest of the epoch) when neither is set."""
+    caps = [n for n in (valid_every, left) if n > 0]
+    return min(caps) if caps else 0
+
+
 def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Actor epochs until ``cfg.epochs`` or the schedule stops; returns ``results.json``.
 
@@ -59,8 +67,11 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
     extra = dict(extra or {})
     schedule = plateau_schedule(cfg, state)
     algo.set_lr(schedule.lr)
-    epoch, step = int(state.get("epoch", 0)), int(algo.num_updates)
+    epoch, step = state.get("epoch", 0), int(algo.num_updates)
     best_epoch = state.get("best_epoch")
+    a = cfg.algo_config
+    budget = stage_updates(a.budget_epochs, len(run.task.split("train")), cfg.batch_size) if getattr(a, "budget_epochs", 0) else 0
+    valid_every = int(getattr(a, "valid_every_updates", 0))
     hint = "a smaller lr (algo.lr=...)"
     if not state and getattr(cfg.algo_config, "actor_init", None):  # MLE continued: the start is epoch 0
         start_lr = continued_lr(cfg.algo_config.actor_init) if cfg.algo_config.continue_lr else None
@@ -73,12 +84,15 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
         best_epoch = 0
         run.keep(model, valid, True, step=0, epoch=0, position={"epoch": 0}, metrics={LR: schedule.lr},
                  trainer_state={"epoch": 0, "step": 0, "schedule": schedule.state_dict(), "best_epoch": 0, **extra})
-        say(f"start: valid BLEU {valid.bleu:.2f} ({cfg.algo_config.actor_init}); {cfg.epochs} epochs at most")
-    while epoch < cfg.epochs and not schedule.should_stop:
+        limit = f"{budget} updates" if budget else f"{cfg.epochs} epochs"
+        say(f"start: valid BLEU {valid.bleu:.2f} ({cfg.algo_config.actor_init}); {limit} at most")
+    while epoch < cfg.epochs and not schedule.should_stop and not (budget and step >= budget):
         t0 = time.perf_counter()
+        algo.updates_per_iteration = iteration_updates(valid_every, budget - step if budget else 0)
         result = algo.train()
-        run.log_records(algo.pop_train_log(), f"epoch {epoch + 1}", hint)
-        epoch += 1
+        run.log_records(algo.pop_train_log(), f"epoch {math.floor(epoch) + 1}", hint)
+        done = round(float(algo.epochs_done), 6)
+        epoch = int(done) if done == int(done) else done
         step = int(algo.num_updates)
         model = run.actor()
         valid = run.validate(model)
@@ -92,7 +106,7 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
                      TOKENS_TOTAL: float(algo.tokens_total), EPOCH_TIME_S: time.perf_counter() - t0},
             trainer_state={"epoch": epoch, "step": step, "schedule": schedule.state_dict(), "best_epoch": best_epoch, **extra},
         )
-        say(f"epoch {epoch}: valid BLEU {valid.bleu:.2f} (best {schedule.best:.2f}, epoch {best_epoch}), lr {schedule.lr:g}")
+        say(f"{'epoch' if epoch == int(epoch) else f'update {step}, epoch'} {epoch:g}: valid BLEU {valid.bleu:.2f} (best {schedule.best:.2f}, epoch {best_epoch}), lr {schedule.lr:g}")
     return run.finish(step, epoch, {"epochs": epoch, "updates": step, "best_epoch": best_epoch,
                                     BLEU_VALID: schedule.best, **extra})
 

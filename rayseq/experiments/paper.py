@@ -17,8 +17,9 @@ loss) is marked †.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,12 @@ class Grid:
     betas: tuple[float, ...] = BETAS
     lambda_vars: tuple[float, ...] = LAMBDA_VARS
     taus: tuple[float, ...] = TAUS
-    continued_epochs: int = 1
-    """Epochs of "MLE continued" in the ``ac`` protocol: the RL arms' joint-training budget
-    (``algo.joint_epochs``; 1 at the cpu preset)."""
+    continued_epochs: float | None = None
+    """Epochs of "MLE continued" in the ``ac`` protocol, a fraction allowed (None: the RL arms'
+    joint-training budget, ERAC's ``algo.joint_epochs`` under the experiment's preset and settings)."""
+    continued_valid_every: int | None = None
+    """Updates between the validations of "MLE continued" (None: ERAC's ``algo.valid_every``, so
+    that it picks its best actor as often as the RL arms do)."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,23 @@ def _table3_arms(grid: Grid) -> list[Arm]:
 def _ac_arms(grid: Grid) -> list[Arm]:
     """The actor-critic protocol's rows: the MLE actor, MLE continued for the joint stage's budget,
     and each actor-critic variant from that actor."""
-    return [Arm("mle"), Arm("mle", "continued", (f"epochs={grid.continued_epochs}",)),
+    epochs = grid.continued_epochs if grid.continued_epochs is not None else 1.0
+    continued = [f"epochs={max(1, math.ceil(epochs))}", f"algo.budget_epochs={_num(epochs)}"]
+    if grid.continued_valid_every:
+        continued.append(f"algo.valid_every_updates={grid.continued_valid_every}")
+    return [Arm("mle"), Arm("mle", "continued", tuple(continued)),
             *(Arm(a) for a in ("ac", "erac", "erac-eq20", "erac-nofutent"))]
+
+
+def rl_stage_budget(cfg: ExperimentConfig) -> tuple[float, int]:
+    """ERAC's joint-training epochs and validation interval (updates; 0: once an epoch) under the
+    experiment's preset, task and settings: what "MLE continued" gets in the ``ac`` protocol."""
+    from rayseq.config import build_run_config
+    from rayseq.experiments.spec import overrides_for
+    from rayseq.registry import get_algorithm
+
+    run = build_run_config("erac", get_algorithm("erac").config_cls, cfg.preset, cfg.task, overrides_for(cfg, "erac"))
+    return float(run.algo_config.joint_epochs), int(run.algo_config.valid_every or 0)
 
 
 def _fig1_arms(grid: Grid) -> list[Arm]:
@@ -293,7 +312,8 @@ PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
         "Figure 1: ERAC's BLEU against the entropy weight τ", 1, _fig1_arms, _render_fig1, _plot_fig1, ("taus",)),
     "ac": PaperExperiment(
         "The actor-critic protocol: MLE, MLE continued, AC, ERAC (official actor term), ERAC (Eq. 20 as printed), "
-        "ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_summary, ("continued_epochs",)),
+        "ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_summary,
+        ("continued_epochs", "continued_valid_every")),
 }
 """Name → the experiment (``rayseq reproduce NAME``)."""
 
@@ -306,6 +326,11 @@ def reproduce(name: str, task: str, seeds: int | None = None, grid: Grid | None 
     exp = PAPER_EXPERIMENTS[name]
     grid = grid or Grid()
     cfg = ExperimentConfig(task=task, arms=exp.arms(grid), seeds=seeds or exp.default_seeds, name=f"reproduce-{name}", **kwargs)
+    if "continued_epochs" in exp.grid_keys and (grid.continued_epochs is None or grid.continued_valid_every is None):
+        joint_epochs, valid_every = rl_stage_budget(cfg)
+        grid = replace(grid, continued_epochs=joint_epochs if grid.continued_epochs is None else grid.continued_epochs,
+                       continued_valid_every=valid_every if grid.continued_valid_every is None else grid.continued_valid_every)
+        cfg = replace(cfg, arms=exp.arms(grid))
     out = Path(cfg.out)
     result = run_experiment(cfg)
     records = table_records(cfg, result["phases"])

@@ -4,8 +4,9 @@ they expand to.
 An :class:`ExperimentConfig` names a task, a preset and its **arms**; every arm runs once per seed.
 :func:`trial_specs` expands it into two phases of :class:`TrialSpec`:
 
-1. ``mle`` — one MLE run per seed (``OUT/mle-seedS``), trained when ``mle`` is an arm or any arm's
-   algorithm starts from an MLE actor (``algo.actor_init``: AC, ERAC, the swap-ins, SCST, MIXER);
+1. ``mle`` — one MLE run per seed (``OUT/mle-seedS``; with ``shared_mle`` one, of the first seed),
+   trained when ``mle`` is an arm or any arm's algorithm starts from an MLE actor
+   (``algo.actor_init``: AC, ERAC, the swap-ins, SCST, MIXER);
 2. ``main`` — every other arm × seed (``OUT/ALGO[-SETTING]-seedS``); one that starts from an MLE
    actor gets the best actor of its seed's MLE run as ``algo.actor_init``, so all start equal.
 
@@ -83,6 +84,9 @@ class ExperimentConfig:
     """Extra Ray resources each trial's driver asks for, e.g. ``{"node_a": 1}`` to pin trials to nodes."""
     name: str = "compare"
     """The experiment's name (default output folder, titles)."""
+    shared_mle: bool = False
+    """One MLE run (``base_seed``) that every seed's RL runs start from: the seeds then measure the
+    RL stage's spread alone, and the MLE phase costs one run instead of one per seed."""
 
     def __post_init__(self) -> None:
         from rayseq.data.tasks import TASKS
@@ -217,13 +221,15 @@ def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
                          task=cfg.task, preset=cfg.preset, data_dir=data_dir, overrides=overrides,
                          run_dir=str(out / key), mle_run_dir=None if mle_dir is None else str(mle_dir), actor_init=actor)
 
+    mle_seeds = cfg.seed_list[:1] if cfg.shared_mle else cfg.seed_list
     if want_mle:
-        phases[PHASE_MLE] = [spec(Arm(MLE), seed, PHASE_MLE, None) for seed in cfg.seed_list]
+        phases[PHASE_MLE] = [spec(Arm(MLE), seed, PHASE_MLE, None) for seed in mle_seeds]
     for arm in cfg.arms:
         if arm.algo == MLE and not arm.setting:
             continue  # the MLE phase's runs are its rows
         for seed in cfg.seed_list:
-            mle_dir = out / mle_key(seed) if needs_mle_actor(arm.algo) else None
+            mle_seed = mle_seeds[0] if cfg.shared_mle else seed
+            mle_dir = out / mle_key(mle_seed) if needs_mle_actor(arm.algo) else None
             phases[PHASE_MAIN].append(spec(arm, seed, PHASE_MAIN, mle_dir))
     return {name: specs for name, specs in phases.items() if specs}
 

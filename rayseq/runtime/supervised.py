@@ -84,6 +84,11 @@ class SupervisedSeqAlgorithm(Algorithm):
         self._train = task.split("train")
         self._vocab_size = len(task.tgt_vocab)
         self._epoch = 0
+        self._batch_pos = 0
+        """Batches of the current epoch already trained on (an iteration can end mid-epoch)."""
+        self.updates_per_iteration = 0
+        """Updates of the next ``train()``: at most this many, never past the epoch's end (0: the
+        rest of the epoch). The driver sets it to validate more often than once an epoch."""
         self.num_updates = 0
         self.tokens_total = 0
         """Target tokens trained on over the run (the compare plot's x axis)."""
@@ -94,19 +99,36 @@ class SupervisedSeqAlgorithm(Algorithm):
         cfg = self.config
         lengths = [len(y) for y in self._train.tgt]
         batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=self._epoch)
-        rng = np.random.default_rng((cfg.seed, self._epoch, 1))
-        tok_s = self._updates(batches, lambda src, tgt: self._make_rows(src, tgt, rng), self._epoch, f"epoch {self._epoch + 1}")
+        # RAML's samples: one stream per epoch, or per (epoch, first batch) when the epoch is split
+        rng = np.random.default_rng((cfg.seed, self._epoch, 1) if self._batch_pos == 0 else (cfg.seed, self._epoch, 1, self._batch_pos))
+        start = self._batch_pos
+        stop = len(batches) if self.updates_per_iteration <= 0 else min(len(batches), start + self.updates_per_iteration)
+        tok_s = self._updates(batches[start:stop], lambda src, tgt: self._make_rows(src, tgt, rng),
+                              self._epoch + start / len(batches), f"epoch {self._epoch + 1}", epoch_batches=len(batches))
         self.metrics.log_value(TOKENS_PER_S, tok_s, window=1)
-        self.metrics.log_value("epoch", self._epoch + 1, window=1)
-        self._epoch += 1
+        self.metrics.log_value("epoch", self._epoch + stop / len(batches), window=1)
+        self._batch_pos = stop
+        if stop == len(batches):
+            self._epoch, self._batch_pos = self._epoch + 1, 0
+
+    @property
+    def epochs_done(self) -> float:
+        """Epochs trained so far, the current one's fraction included."""
+        if not self._batch_pos:
+            return float(self._epoch)
+        lengths = [len(y) for y in self._train.tgt]
+        n = len(bucket_batches(lengths, self.config.batch_size, seed=self.config.seed, epoch=self._epoch))
+        return self._epoch + self._batch_pos / n
 
     def _make_rows(self, src: list, tgt: list, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The learner rows of one batch of pairs (MLE: the pairs; RAML: K weighted samples each)."""
         return mle_rows(src, tgt) if self._raml is None else raml_rows(src, tgt, self._raml, self._vocab_size, rng)
 
-    def _updates(self, batches: list, make_rows, epoch: float, desc: str, loss_key: str = LOSS_ACTOR) -> float:
+    def _updates(self, batches: list, make_rows, epoch: float, desc: str, loss_key: str = LOSS_ACTOR,
+                 epoch_batches: int | None = None) -> float:
         """One learner update per batch of pair indices; logs ``loss_key`` every ``log_every``
-        updates (epoch = ``epoch`` + the fraction of ``batches`` done). Returns target tokens/s."""
+        updates (epoch = ``epoch`` + the batches done ÷ ``epoch_batches``, default ``len(batches)``).
+        Returns target tokens/s."""
         cfg = self.config
         tokens = 0
         window: list[float] = []
@@ -125,7 +147,7 @@ class SupervisedSeqAlgorithm(Algorithm):
             if self.num_updates % cfg.log_every == 0:
                 loss, window = float(np.mean(window)), []  # mean over the last log_every updates
                 tok_s = tokens / (time.perf_counter() - t0)
-                at = epoch + (i + 1) / len(batches)
+                at = epoch + (i + 1) / (epoch_batches or len(batches))
                 self._train_log.append({"step": self.num_updates, "epoch": at, loss_key: loss, TOKENS_PER_S: tok_s,
                                         TOKENS_TOTAL: float(self.tokens_total)})
                 if not cfg.show_progress:
@@ -161,6 +183,7 @@ class SupervisedSeqAlgorithm(Algorithm):
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)
         state["rayseq_epoch"] = self._epoch
+        state["rayseq_batch_pos"] = self._batch_pos
         state["rayseq_num_updates"] = self.num_updates
         state["rayseq_tokens_total"] = self.tokens_total
         return state
@@ -168,5 +191,6 @@ class SupervisedSeqAlgorithm(Algorithm):
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         self._epoch = int(state.get("rayseq_epoch", self._epoch))
+        self._batch_pos = int(state.get("rayseq_batch_pos", 0))
         self.num_updates = int(state.get("rayseq_num_updates", self.num_updates))
         self.tokens_total = int(state.get("rayseq_tokens_total", self.tokens_total))

@@ -282,7 +282,7 @@ class VAMLAlgorithm(SupervisedSeqAlgorithm):
             before = self.num_updates
             tok_s = self._updates(
                 batches, lambda src, tgt, rng=rng: self._qnet_rows(src, tgt, rng), epoch + pos / per_epoch,
-                f"Q-net epoch {epoch + 1}", loss_key=LOSS_CRITIC_TD,
+                f"Q-net epoch {epoch + 1}", loss_key=LOSS_CRITIC_TD, epoch_batches=per_epoch,
             )
             self.qnet_updates += self.num_updates - before
             done += len(batches)
