@@ -66,6 +66,30 @@ def test_shared_mle_runs_one_mle_that_every_seed_starts_from(tmp_path):
     assert [s.seed for s in phases["main"]][:3] == [1234, 1235, 1236]  # the RL stage's own seed differs
 
 
+def test_shared_critic_pretrains_each_distinct_critic_once(tmp_path):
+    """AC and ERAC w/o future entropy train the same τ = 0 critic, ERAC and its Eq. 20 variant the same
+    τ > 0 one; a τ arm changes the critic target, an actor-only setting (actor_lr) does not."""
+    arms = [Arm("ac"), Arm("erac"), Arm("erac-eq20"), Arm("erac-nofutent"), Arm("erac", "tau=0.1", ("algo.tau=0.1",)),
+            Arm("erac", "lr", ("algo.actor_lr=1e-5",)), Arm("mle", "continued", ("algo.budget_epochs=0.5",))]
+    cfg = ExperimentConfig(task="toy", arms=arms, seeds=2, out=str(tmp_path), shared_mle=True, shared_critic=True)
+    phases = trial_specs(cfg)
+    assert list(phases) == ["mle", "critic", "main"]
+    critics = phases["critic"]
+    assert [c.key for c in critics] == ["critic-ac-seed1234", "critic-erac-seed1234", "critic-erac-tau0.1-seed1234"]
+    assert all(c.overrides[-2:] == [f"algo.actor_init={tmp_path / 'mle-seed1234' / 'actor_best.pt'}", "algo.joint_epochs=0"]
+               for c in critics)
+    init = {s.key: next((o for o in s.overrides if o.startswith("algo.critic_init=")), None) for s in phases["main"]}
+    by_critic = {c.key: f"algo.critic_init={c.run_dir}" for c in critics}
+    for seed in (1234, 1235):
+        assert init[f"ac-seed{seed}"] == init[f"erac-nofutent-seed{seed}"] == by_critic["critic-ac-seed1234"]
+        assert init[f"erac-seed{seed}"] == init[f"erac-eq20-seed{seed}"] == init[f"erac-lr-seed{seed}"] \
+            == by_critic["critic-erac-seed1234"]
+        assert init[f"erac-tau0.1-seed{seed}"] == by_critic["critic-erac-tau0.1-seed1234"]
+        assert init[f"mle-continued-seed{seed}"] is None
+    with pytest.raises(ValueError, match="needs --shared-mle"):
+        ExperimentConfig(task="toy", arms=arms, out=str(tmp_path), shared_critic=True)
+
+
 def test_ac_protocol_gives_mle_continued_the_rl_stage_budget(tmp_path):
     """``reproduce ac``: "MLE continued" trains for ERAC's joint epochs (a fraction: an update budget)
     and validates as often, under the experiment's preset and settings."""

@@ -88,6 +88,36 @@ def test_a_failing_trial_is_tabulated_with_its_error_and_retried_on_request(tmp_
     assert (out / "mle-seed1234" / "results.json").stat().st_mtime_ns == mle_mtime
 
 
+def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session):
+    """``reproduce ac --shared-mle --shared-critic`` on the toy task, 2 seeds: one MLE run, two critic
+    pretrainings (τ = 0 for AC and ERAC w/o future entropy, τ > 0 for both ERACs), then every arm × seed
+    starts from that actor and its critic; MLE continued gets exactly the joint stage's updates."""
+    from rayseq.experiments.paper import reproduce
+
+    out = tmp_path / "ac"
+    budget = ["algo.critic_pretrain_epochs=0.02", "algo.critic_valid_every=3", "algo.critic_valid_sentences=20",
+              "algo.joint_epochs=0.02", "algo.valid_every=3", "algo.collapse_margin=100", "num_rollout_workers=0"]
+    report = reproduce("ac", "toy", seeds=2, out=str(out), preset="cpu", overrides=[*RUN2, *budget],
+                       shared_mle=True, shared_critic=True, max_concurrent=2)
+    assert [r["key"] for r in report["mle_runs"]] == ["mle-seed1234"]
+    assert [r["key"] for r in report["critic_runs"]] == ["critic-ac-seed1234", "critic-erac-seed1234"]
+    assert all(r["status"] == "ok" for r in report["runs"] + report["critic_runs"]), report["runs"]
+    critic_of = {"ac": "critic-ac-seed1234", "erac-nofutent": "critic-ac-seed1234",
+                 "erac": "critic-erac-seed1234", "erac-eq20": "critic-erac-seed1234"}
+    for run in report["runs"]:
+        results = _results(Path(run["run_dir"]))
+        if run["algo"] in critic_of:
+            assert results["critic"]["source"] == f"critic_init {out / critic_of[run['algo']] / 'critic_best.pt'}"
+            assert results["critic_updates"] == 0 and results["joint_updates"] == 6
+        elif run["label"] == "mle (continued)":
+            assert results["updates"] == 6  # 0.02 of 300 updates an epoch: the joint stage's budget
+    for critic in report["critic_runs"]:
+        results = _results(Path(critic["run_dir"]))
+        assert results["critic_updates"] == 6 and results["joint_updates"] == 0
+    md = (out / "ac.md").read_text()
+    assert "| critic-ac-seed1234 | 6 |" in md and "| critic-erac-seed1234 | 6 |" in md
+
+
 def _ray_pids_under(temp: str) -> list[int]:
     """Processes whose command line names ``temp`` (the Ray a killed driver started there)."""
     pids = []

@@ -33,7 +33,7 @@ from rayseq.experiments.report import (
     summarize,
 )
 from rayseq.experiments.runner import run_experiment
-from rayseq.experiments.spec import PHASE_MLE, Arm, ExperimentConfig
+from rayseq.experiments.spec import PHASE_CRITIC, PHASE_MLE, Arm, ExperimentConfig
 from rayseq.run_dir import atomic_write_bytes, atomic_write_json
 
 BETAS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
@@ -182,14 +182,28 @@ def _render_ac(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
         start = _joint_start(run.get("run_dir"))
         if start:
             lines.append(f"| {run['key']} | " + " | ".join(f"{start[k]:.3f}" if k in start else "–" for k in keys) + " |")
+    critics = report.get("critic_runs") or []
+    if critics:
+        lines += ["", "Critics pretrained once and shared by every seed of the runs that use them (`--shared-critic`):", "",
+                  "| critic run | updates | stopped on plateau | best held-out TD | wall time (min) |", "|---|---|---|---|---|"]
+        for run in critics:
+            c = _results(run.get("run_dir")).get("critic") or {}
+            best = c.get("best") or {}
+            td = best.get(CRITIC_VALID_TD)
+            wall = run.get("wall_time_s", float("nan"))
+            lines.append(f"| {run['key']} | {c.get('updates', '–')} | {c.get('stopped_on_plateau', '–')} | "
+                         f"{'–' if td is None else f'{td:.4f}'} | {wall / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
-def _joint_start(run_dir: str | None) -> dict[str, Any]:
+def _results(run_dir: str | None) -> dict[str, Any]:
     if not run_dir or not (Path(run_dir) / "results.json").is_file():
         return {}
-    res = json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8"))
-    return dict(res.get("joint_start") or {})
+    return dict(json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8")))
+
+
+def _joint_start(run_dir: str | None) -> dict[str, Any]:
+    return dict(_results(run_dir).get("joint_start") or {})
 
 
 def _render_table3(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
@@ -342,6 +356,7 @@ def reproduce(name: str, task: str, seeds: int | None = None, grid: Grid | None 
         "seeds": cfg.seeds, "arms": cfg.labels, "overrides": cfg.overrides,
         "grid": {k: (list(v) if isinstance(v := getattr(grid, k), tuple) else v) for k in exp.grid_keys},
         "rows": summarize(cfg.labels, records), "runs": records, "mle_runs": mle_runs,
+        "critic_runs": result["phases"].get(PHASE_CRITIC, []),
         "mle_reference": {"ok": len(mle_ok), "valid_bleu": stats([r["valid_bleu"] for r in mle_ok]),
                           "test_bleu": stats([r["test_bleu"] for r in mle_ok])} if mle_ok else None,
         "diverged": [r["key"] for r in records if diverged(r)],

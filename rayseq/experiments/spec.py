@@ -22,8 +22,17 @@ from typing import Any
 MLE = "mle"
 """The algorithm of phase 1 (and the ``mle`` arm)."""
 
-PHASE_MLE, PHASE_MAIN = "mle", "main"
-"""The two Tune experiments of an experiment (``OUT/tune/mle``, ``OUT/tune/main``)."""
+PHASE_MLE, PHASE_CRITIC, PHASE_MAIN = "mle", "critic", "main"
+"""The Tune experiments of an experiment, in order (``OUT/tune/mle``, ``OUT/tune/critic`` with
+``shared_critic``, ``OUT/tune/main``)."""
+
+JOINT_ONLY_FIELDS: frozenset[str] = frozenset({
+    "tau", "critic_tau", "lambda_mle", "actor_lr", "critic_lr", "adam_betas", "critic_init", "fresh_joint_optimizers",
+    "joint_epochs", "valid_every", "collapse_margin", "actor_lr_decay", "max_lr_decays", "samples_per_source",
+    "sample_len_slack", "normalize_logpi_l2", "seed", "mle_epochs",
+})
+"""Actor-critic settings that critic pretraining does not read (the critic target's τ enters as
+``target_tau``): runs that differ only in these can share one pretrained critic."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,11 @@ class ExperimentConfig:
     shared_mle: bool = False
     """One MLE run (``base_seed``) that every seed's RL runs start from: the seeds then measure the
     RL stage's spread alone, and the MLE phase costs one run instead of one per seed."""
+    shared_critic: bool = False
+    """With ``shared_mle``: one critic pretraining per distinct critic setting (``critic_setting``:
+    AC and ERAC w/o future entropy share the τ = 0 critic, ERAC and its Eq. 20 variant the τ > 0
+    one), run once (``OUT/critic-ALGO-seedS``, the first seed) in a phase of its own; every seed's
+    run of that setting starts joint training from it (``algo.critic_init``)."""
 
     def __post_init__(self) -> None:
         from rayseq.data.tasks import TASKS
@@ -115,6 +129,8 @@ class ExperimentConfig:
         for name, amount in self.trial_resources.items():
             if not name or not amount > 0:
                 raise ValueError(f"{self.name}: trial resource {name}={amount}: name a Ray resource and a positive amount, e.g. node_a=1.")
+        if self.shared_critic and not self.shared_mle:
+            raise ValueError(f"{self.name}: --shared-critic needs --shared-mle (a critic is pretrained against one start actor).")
         if not self.out:
             self.out = str(Path("runs") / f"{self.name}-{self.task}-{self.preset}")
 
@@ -196,6 +212,27 @@ def overrides_for(cfg: ExperimentConfig, algo: str) -> list[str]:
     return out
 
 
+def critic_setting(cfg: ExperimentConfig, arm: Arm) -> str | None:
+    """What ``arm``'s critic pretraining depends on, as a canonical string (None: its algorithm has
+    no critic stage): the run config less ``JOINT_ONLY_FIELDS``, the algorithm's name and the run's
+    own paths, with the critic target's τ."""
+    import json
+    from dataclasses import asdict as as_dict
+
+    from rayseq.algorithms.erac import ERACConfig
+    from rayseq.config import build_run_config, to_dict
+    from rayseq.registry import get_algorithm
+
+    cls = get_algorithm(arm.algo).config_cls
+    if not issubclass(cls, ERACConfig):
+        return None
+    run = build_run_config(arm.algo, cls, cfg.preset, cfg.task, overrides_for(cfg, arm.algo) + list(arm.overrides))
+    algo = {k: v for k, v in as_dict(run.algo_config).items() if k not in JOINT_ONLY_FIELDS}
+    algo["target_tau"] = run.algo_config.target_tau
+    rest = {k: v for k, v in to_dict(run).items() if k not in ("algo", "algo_config", "out", "seed", "epochs")}
+    return json.dumps({"algo": algo, "run": rest}, sort_keys=True, default=str)
+
+
 def mle_key(seed: int) -> str:
     return f"{MLE}-seed{seed}"
 
@@ -224,23 +261,43 @@ def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
     mle_seeds = cfg.seed_list[:1] if cfg.shared_mle else cfg.seed_list
     if want_mle:
         phases[PHASE_MLE] = [spec(Arm(MLE), seed, PHASE_MLE, None) for seed in mle_seeds]
+    critics: dict[str, TrialSpec] = {}  # critic setting → its pretraining run
+    if cfg.shared_critic:
+        phases = {PHASE_MLE: phases[PHASE_MLE], PHASE_CRITIC: [], PHASE_MAIN: []}
+        for arm in cfg.arms:
+            setting = critic_setting(cfg, arm)
+            if setting is not None and setting not in critics:
+                critic = spec(arm, mle_seeds[0], PHASE_CRITIC, out / mle_key(mle_seeds[0]))
+                critic.key = f"critic-{critic.key}"
+                critic.run_dir = str(out / critic.key)
+                critic.label = f"critic of {arm.label}"
+                critic.overrides.append("algo.joint_epochs=0")  # critic pretraining, no joint stage
+                critics[setting] = critic
+                phases[PHASE_CRITIC].append(critic)
     for arm in cfg.arms:
         if arm.algo == MLE and not arm.setting:
             continue  # the MLE phase's runs are its rows
+        setting = critic_setting(cfg, arm) if critics else None
         for seed in cfg.seed_list:
             mle_seed = mle_seeds[0] if cfg.shared_mle else seed
             mle_dir = out / mle_key(mle_seed) if needs_mle_actor(arm.algo) else None
-            phases[PHASE_MAIN].append(spec(arm, seed, PHASE_MAIN, mle_dir))
+            main = spec(arm, seed, PHASE_MAIN, mle_dir)
+            if setting is not None:
+                main.overrides.append(f"algo.critic_init={critics[setting].run_dir}")
+            phases[PHASE_MAIN].append(main)
     return {name: specs for name, specs in phases.items() if specs}
 
 
 __all__ = [
     "MLE",
+    "JOINT_ONLY_FIELDS",
+    "PHASE_CRITIC",
     "PHASE_MAIN",
     "PHASE_MLE",
     "Arm",
     "ExperimentConfig",
     "TrialSpec",
+    "critic_setting",
     "mle_key",
     "needs_mle_actor",
     "overrides_for",
