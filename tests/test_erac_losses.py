@@ -614,3 +614,29 @@ def test_oracle_actor_approaches_the_boltzmann_policy_of_soft_q_star() -> None:
           f"({kl_before / kl_after:.0f}× lower); {time.perf_counter() - start:.1f}s")
     assert kl_after * 5 < kl_before
     assert kl_after < 1e-3
+
+
+def test_actor_support_moves_mass_only_among_the_k_most_likely_tokens():
+    """actor_support = k: the gradient on a logit outside the k most likely tokens is 0; inside it is
+    −π_j (A_j − Ā_K)/N with Ā_K the π-weighted mean of A = Q − τ log π over the k; k = V is Eq. 20."""
+    from rayseq.algorithms.erac import actor_objective
+
+    torch.manual_seed(0)
+    n, t, v, k, tau = 2, 3, 7, 3, 0.3
+    logits = torch.randn(n, t, v, dtype=torch.float64)
+    q = torch.randn(n, t, v, dtype=torch.float64) * 2
+    mask = torch.ones(n, t, dtype=torch.bool)
+    x = logits.clone().requires_grad_(True)
+    actor_objective(x, q, mask, tau, exclude=(), support=k).backward()
+    p = torch.softmax(logits, -1)
+    a = q - tau * torch.log_softmax(logits, -1)
+    top = logits.topk(k, dim=-1).indices
+    inside = torch.zeros(n, t, v, dtype=torch.bool).scatter_(-1, top, True)
+    a_bar = (p * a * inside).sum(-1, keepdim=True) / (p * inside).sum(-1, keepdim=True)
+    expected = torch.where(inside, -p * (a - a_bar) / n, torch.zeros_like(p))
+    torch.testing.assert_close(x.grad, expected)
+    assert x.grad[~inside].abs().max() < 1e-15
+    full, every = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    actor_objective(full, q, mask, tau, exclude=()).backward()
+    actor_objective(every, q, mask, tau, exclude=(), support=v).backward()
+    torch.testing.assert_close(every.grad, full.grad)

@@ -155,6 +155,11 @@ class ERACConfig:
     came from): log π L2-normalised over the vocabulary inside the actor's entropy term, which
     shrinks it by ‖log π‖₂; the critic's V̄ keeps the full τ. False = Eq. (20) as printed (the
     ``erac-eq20`` ablation)."""
+    actor_support: int = 0
+    """Eq. (20)'s expectation over the actor's ``actor_support`` most likely tokens at each step,
+    the others counting as their π-weighted mean (no gradient: ``support_signal``); 0 = the whole
+    vocabulary, the paper's. The critic is trained only on tokens the actor samples, so its Q on
+    the thousands of others is noise that Adam turns into full-size steps toward them."""
     exclude_tokens: tuple[int, ...] = (PAD, BOS)
     """Token ids that are never actions (π = 0, no loss): ``<pad>``, ``<bos>``."""
     seed: int = 1234
@@ -201,6 +206,8 @@ class ERACConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"ERACConfig.{name} = {value!r}: must be a finite number >= 0.")
+        if self.actor_support < 0:
+            raise ValueError(f"ERACConfig.actor_support = {self.actor_support}: must be >= 0 (0: the whole vocabulary).")
         if self.schedule not in ("sync", "async"):
             raise ValueError(f"ERACConfig.schedule = {self.schedule!r}: use 'sync' or 'async'.")
         if not (math.isfinite(self.replay_ratio) and self.replay_ratio > 0):
@@ -541,6 +548,20 @@ def critic_loss(
 # ======================================================================= actor
 
 
+@torch.no_grad()
+def support_signal(signal: torch.Tensor, p: torch.Tensor, logp: torch.Tensor, k: int) -> torch.Tensor:
+    """``signal`` (sg[Q − τ log π], ``[..., V]``) with the tokens outside the ``k`` most likely under
+    π replaced by the π-weighted mean over those ``k``: Σ_w π_w·signal_w is then that mean, and
+    ∂/∂logit_j = −π_j (signal_j − mean) is 0 outside the support, unchanged in form inside it.
+    ``k`` ≤ 0 or ≥ V: ``signal`` itself."""
+    if k <= 0 or k >= signal.size(-1):
+        return signal
+    inside = torch.zeros_like(signal, dtype=torch.bool).scatter_(-1, logp.topk(k, dim=-1).indices, True)
+    w = torch.where(inside, p, torch.zeros_like(p))
+    mean = (w * signal).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    return torch.where(inside, signal, mean)
+
+
 def actor_objective(
     logits: torch.Tensor,  # [N, T, V] actor logits at s_t
     q: torch.Tensor,  # [N, T, V] critic Q_φ(s_t, ·) (detached here)
@@ -549,6 +570,7 @@ def actor_objective(
     normalize_logpi_l2: bool = False,
     exclude: Sequence[int] = BANNED_TOKENS,
     num_seqs: int | None = None,
+    support: int = 0,
 ) -> torch.Tensor:
     """Actor loss of Eq. (20): −(1/N) Σ_n Σ_t Σ_w π_θ(w|s_t) · sg[Q_φ(s_t, w) − τ log π_θ(w|s_t)].
 
@@ -561,6 +583,8 @@ def actor_objective(
     the bracket log π is replaced by log π / (1e-8 + ‖log π‖₂), the L2 norm taken over the allowed
     vocabulary, which shrinks the entropy term by ‖log π‖₂ (≈ √V · |mean log π|). Only the
     entropy term changes; with τ = 0 the option has no effect.
+    ``support`` > 0 restricts the expectation to the actor's ``support`` most likely tokens per
+    step (``support_signal``; ``ERACConfig.actor_support``).
     Returns a scalar; 0 contribution (and gradient) where ``mask`` is False. ``num_seqs``: the N
     of the average (default: the rows of ``mask``; for steps packed as ``[1, K]`` rows).
     """
@@ -588,6 +612,7 @@ def actor_objective(
             signal = q.to(p.dtype, copy=True)
         if len(exclude):  # π = 0 there; make 0 · Q = 0 even for a non-finite Q
             signal.index_fill_(-1, torch.as_tensor(tuple(exclude), dtype=torch.long, device=signal.device), 0.0)
+        signal = support_signal(signal, p.detach(), logp.detach(), support)
     per_step = (p * signal).sum(-1)  # [N, T]
     if not every:
         per_step = per_step.masked_fill(~mask, 0.0)
@@ -614,6 +639,7 @@ def erac_actor_loss(
     normalize_logpi_l2: bool = False,
     exclude: Sequence[int] = BANNED_TOKENS,
     num_seqs: int | None = None,
+    support: int = 0,
 ) -> ActorLoss:
     """Joint-training actor loss (§4.2): Eq. (20) + λ_mle · MLE on the reference.
 
@@ -623,7 +649,7 @@ def erac_actor_loss(
     """
     if lambda_mle < 0:
         raise ValueError(f"erac_actor_loss: λ_mle={lambda_mle} must be >= 0.")
-    objective = actor_objective(logits, q, mask, tau, normalize_logpi_l2, exclude, num_seqs)
+    objective = actor_objective(logits, q, mask, tau, normalize_logpi_l2, exclude, num_seqs, support)
     if mle_logits is None or mle_targets is None:
         if lambda_mle > 0:
             raise ValueError(

@@ -341,7 +341,7 @@ def packed_losses(fwd_out: dict[str, Any], batch: dict[str, Any], erac: ERACConf
         aloss = erac_actor_loss(
             logits, q.detach(), every, erac.tau, erac.lambda_mle,
             fwd_out[MLE_LOGITS][None], fwd_out[MLE_TARGETS][None], erac.normalize_logpi_l2, erac.exclude_tokens,
-            num_seqs=n_seqs,
+            num_seqs=n_seqs, support=erac.actor_support,
         )  # Eq. (20) + λ_mle·MLE
         total = total + aloss.loss
         parts.update({LOSS_ACTOR: aloss.loss.item(), LOSS_ACTOR_OBJECTIVE: aloss.objective.item(), LOSS_MLE: aloss.mle.item()})
