@@ -409,6 +409,27 @@ def test_resume_mid_vaml_qnet_stage(tmp_path, ray_session, monkeypatch):
 
 
 @pytest.mark.ray
+def test_resume_mid_vaml_actor_stage(tmp_path, ray_session, monkeypatch):
+    """Killed in step 2 (actor epochs of 6 updates) after epoch 2 was logged, before its checkpoint:
+    the resumed run keeps the Q-net (no update of step 1 again), redoes epoch 2 once and ends."""
+    from rayseq.train import train
+
+    run = tmp_path / "vaml"
+    cfg = _vaml(run, "algo.qnet_epochs=1", "epochs=2")
+    _kill_after_logging(monkeypatch, "epoch 2")
+    with pytest.raises(Killed):
+        train(cfg)
+    assert _trainer_state(run)["epoch"] == 1
+    monkeypatch.undo()
+    results = train(cfg, resume=True)
+    assert results["epochs"] == 2 and results["updates"] == 18 and results["qnet"]["updates"] == 6
+    check_steps(run, "loss/critic_td", range(1, 7))
+    check_steps(run, "loss/actor", range(7, 19))
+    check_steps(run, BLEU_VALID, [12, 18])
+    check_bleu(run, results, cfg)
+
+
+@pytest.mark.ray
 @pytest.mark.parametrize("killed_at", ["iteration 3", "iteration 1"])
 def test_resume_mid_swapin_run(tmp_path, mle_run, monkeypatch, killed_at):
     """PPO, 4 iterations validated every 2: killed after an iteration's record was logged, before
