@@ -6,7 +6,8 @@ needs no setup and nothing attaches to another cluster by accident. With ``--add
 
 :func:`quiet_known_warnings` drops the log records that every run printed and that ask nothing of
 the user (RLlib telling that the new API stack is on, RLlib's own internal use of its deprecated
-``RLModuleConfig``, Tune's "Install gputil", the token-auth notice of a private local instance);
+``RLModuleConfig``, Tune's "Install gputil", the token-auth notice of a private local instance,
+the line every Tune trial prints for each checkpoint it reports);
 it runs on the driver and, as the ``worker_process_setup_hook``, in every worker of the private
 local instance.
 """
@@ -24,6 +25,7 @@ KNOWN_HARMLESS: tuple[str, ...] = (
     "Install gputil for GPU system monitoring",
     "Token authentication is enabled for this Ray cluster",
     "Token authentication is disabled for this Ray cluster",
+    "Checkpoint successfully created at",
 )
 """Substrings of the log messages :func:`quiet_known_warnings` drops."""
 
@@ -32,6 +34,8 @@ _LOGGERS = (
     "ray.rllib.algorithms.algorithm_config",
     "ray.tune.utils.util",
     "ray._private.authentication.authentication_token_setup",
+    "ray.train._internal.storage",
+    "ray.train.v2._internal.execution.storage",
 )
 
 
