@@ -313,6 +313,39 @@ def _plot_fig1(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path
     return save_png(fig, png)
 
 
+def _plot_ac(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
+    """Validation BLEU, the policy's entropy and the sampled length against the RL stage's update
+    (each run's own count: joint updates, or MLE continued's), one colour per row, every seed a line."""
+    from rayseq.metrics import BLEU_VALID, ENTROPY, SAMPLE_LEN, STEP, read_metrics
+
+    fig = _figure(3)
+    axes = fig.subplots(1, 3)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(cfg.labels)}
+    labelled: set[tuple[int, str]] = set()
+    for run in report["runs"]:
+        metrics = Path(run.get("run_dir") or "") / "metrics.jsonl"
+        label = run.get("label", run["algo"])
+        if run["status"] != "ok" or not metrics.is_file() or label not in colours:
+            continue
+        recs = read_metrics(metrics)
+        for i, (ax, key) in enumerate(zip(axes, (BLEU_VALID, ENTROPY, SAMPLE_LEN))):
+            pts = [(r[STEP], r[key]) for r in recs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if pts:
+                legend = None if (i, label) in labelled else label
+                labelled.add((i, label))
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=colours[label],
+                        label=legend, markersize=3, linewidth=1, alpha=0.85)
+    _mle_hline(axes[0], report, "valid_bleu")
+    for ax, name in zip(axes, ("validation BLEU", "policy entropy (nats)", "sampled length (tokens)")):
+        ax.set(xlabel="update of the RL stage (MLE continued: its updates)", title=name)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, png)
+
+
 PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
     "table1": PaperExperiment(
         "Table 1: MLE, RAML, VAML, AC and ERAC over seeds", 3,
@@ -326,7 +359,7 @@ PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
         "Figure 1: ERAC's BLEU against the entropy weight τ", 1, _fig1_arms, _render_fig1, _plot_fig1, ("taus",)),
     "ac": PaperExperiment(
         "The actor-critic protocol: MLE, MLE continued, AC, ERAC (official actor term), ERAC (Eq. 20 as printed), "
-        "ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_summary,
+        "ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_ac,
         ("continued_epochs", "continued_valid_every")),
 }
 """Name → the experiment (``rayseq reproduce NAME``)."""
