@@ -169,9 +169,10 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(logdir=str(self.run_dir / "tb"), flush_secs=10)
 
-    def elapsed_s(self) -> float:
-        """Wall-clock seconds of the run so far (continued across resumes)."""
-        return self._time_offset + time.monotonic() - self._t0
+    def elapsed_s(self, since: float | None = None) -> float:
+        """Wall-clock seconds of the run so far (continued across resumes); ``since``: an earlier
+        ``time.monotonic()`` of this session (before the writer existed) to count from instead."""
+        return self._time_offset + time.monotonic() - (self._t0 if since is None else min(since, self._t0))
 
     def log(
         self,

@@ -186,7 +186,7 @@ class Run:
         out = {"algo": cfg.algo, "task": cfg.task, "preset": cfg.preset, **results, "test": test}
         if self.start is not None:
             out["mle"] = self.start
-        out["wall_time_s"] = time.monotonic() - self.t_start
+        out["wall_time_s"] = self.writer.elapsed_s(since=self.t_start)  # this session's setup + the earlier sessions' time
         write_results(self.run_dir, out)
         return out
 
