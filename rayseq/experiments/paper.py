@@ -325,8 +325,8 @@ def _plot_ac(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
     for run in report["runs"]:
         metrics = Path(run.get("run_dir") or "") / "metrics.jsonl"
         label = run.get("label", run["algo"])
-        if run["status"] != "ok" or not metrics.is_file() or label not in colours:
-            continue
+        if run["status"] != "ok" or not metrics.is_file() or label not in colours or label == "mle":
+            continue  # the MLE run is the start: the dashed line
         recs = read_metrics(metrics)
         for i, (ax, key) in enumerate(zip(axes, (BLEU_VALID, ENTROPY, SAMPLE_LEN))):
             pts = [(r[STEP], r[key]) for r in recs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
