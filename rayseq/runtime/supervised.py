@@ -86,6 +86,8 @@ class SupervisedSeqAlgorithm(Algorithm):
         self._epoch = 0
         self._batch_pos = 0
         """Batches of the current epoch already trained on (an iteration can end mid-epoch)."""
+        self._epoch_batches = 1
+        """Batches in the current epoch (set by each ``training_step``)."""
         self.updates_per_iteration = 0
         """Updates of the next ``train()``: at most this many, never past the epoch's end (0: the
         rest of the epoch). The driver sets it to validate more often than once an epoch."""
@@ -101,7 +103,7 @@ class SupervisedSeqAlgorithm(Algorithm):
         batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=self._epoch)
         # RAML's samples: one stream per epoch, or per (epoch, first batch) when the epoch is split
         rng = np.random.default_rng((cfg.seed, self._epoch, 1) if self._batch_pos == 0 else (cfg.seed, self._epoch, 1, self._batch_pos))
-        start = self._batch_pos
+        start, self._epoch_batches = self._batch_pos, len(batches)
         stop = len(batches) if self.updates_per_iteration <= 0 else min(len(batches), start + self.updates_per_iteration)
         tok_s = self._updates(batches[start:stop], lambda src, tgt: self._make_rows(src, tgt, rng),
                               self._epoch + start / len(batches), f"epoch {self._epoch + 1}", epoch_batches=len(batches))
@@ -114,11 +116,7 @@ class SupervisedSeqAlgorithm(Algorithm):
     @property
     def epochs_done(self) -> float:
         """Epochs trained so far, the current one's fraction included."""
-        if not self._batch_pos:
-            return float(self._epoch)
-        lengths = [len(y) for y in self._train.tgt]
-        n = len(bucket_batches(lengths, self.config.batch_size, seed=self.config.seed, epoch=self._epoch))
-        return self._epoch + self._batch_pos / n
+        return self._epoch + (self._batch_pos / self._epoch_batches if self._batch_pos else 0.0)
 
     def _make_rows(self, src: list, tgt: list, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The learner rows of one batch of pairs (MLE: the pairs; RAML: K weighted samples each)."""
