@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from rayseq.cli import build_parser, main
+from rayseq.data.tasks import load_task
 from rayseq.experiments import Arm, ExperimentConfig, diverged, render_table, summarize
 from rayseq.experiments.report import compare_title
 from rayseq.experiments.resources import trial_bundles
@@ -56,7 +58,7 @@ def test_trials_mle_phase_first_and_rl_runs_start_from_its_best_actors(tmp_path)
 
 
 def test_shared_mle_runs_one_mle_that_every_seed_starts_from(tmp_path):
-    cfg = ExperimentConfig(task="toy", arms=[Arm("mle"), Arm("mle", "continued", ("algo.budget_epochs=0.5",)), Arm("erac")],
+    cfg = ExperimentConfig(task="toy", arms=[Arm("mle"), Arm("mle", "continued", ("algo.budget_epochs=0.5",), from_mle=True), Arm("erac")],
                            seeds=3, out=str(tmp_path), shared_mle=True)
     phases = trial_specs(cfg)
     assert [s.key for s in phases["mle"]] == ["mle-seed1234"]
@@ -70,7 +72,7 @@ def test_shared_critic_pretrains_each_distinct_critic_once(tmp_path):
     """AC and ERAC w/o future entropy train the same τ = 0 critic, ERAC and its Eq. 20 variant the same
     τ > 0 one; a τ arm changes the critic target, an actor-only setting (actor_lr) does not."""
     arms = [Arm("ac"), Arm("erac"), Arm("erac-eq20"), Arm("erac-nofutent"), Arm("erac", "tau=0.1", ("algo.tau=0.1",)),
-            Arm("erac", "lr", ("algo.actor_lr=1e-5",)), Arm("mle", "continued", ("algo.budget_epochs=0.5",))]
+            Arm("erac", "lr", ("algo.actor_lr=1e-5",)), Arm("mle", "continued", ("algo.budget_epochs=0.5",), from_mle=True)]
     cfg = ExperimentConfig(task="toy", arms=arms, seeds=2, out=str(tmp_path), shared_mle=True, shared_critic=True)
     phases = trial_specs(cfg)
     assert list(phases) == ["mle", "critic", "main"]
@@ -105,6 +107,41 @@ def test_ac_protocol_gives_mle_continued_the_rl_stage_budget(tmp_path):
     assert arms[1].overrides == ("epochs=1", "algo.budget_epochs=0.5", "algo.valid_every_updates=29")
     assert PAPER_EXPERIMENTS["ac"].arms(Grid(continued_epochs=2.0, continued_valid_every=0))[1].overrides == \
         ("epochs=2", "algo.budget_epochs=2")
+
+
+def test_vaml_protocol_fine_tunes_mle_raml_and_vaml_from_one_mle_actor_with_one_qnet(tmp_path):
+    """``reproduce vaml --shared-mle --shared-qnet``: MLE continued, RAML and VAML start from the one MLE
+    actor with the same epochs, validated ``finetune_checks`` times an epoch at each one's own batch size;
+    one Q-net run (step 1 only) serves every seed's VAML. In table 1, RAML and VAML still train from scratch."""
+    from rayseq.experiments.paper import PAPER_EXPERIMENTS, Grid, finetune_intervals
+
+    exp = PAPER_EXPERIMENTS["vaml"]
+    cfg = ExperimentConfig(task="toy", arms=exp.arms(Grid()), seeds=2, out=str(tmp_path), shared_mle=True,
+                           shared_qnet=True, overrides=["batch_size=100"])
+    n_train = len(load_task("toy").split("train"))
+    grid = Grid(finetune_epochs=0.5, finetune_checks=3)
+    every = dict(finetune_intervals(cfg, grid))
+    assert every == {a: math.ceil(math.ceil(n_train / 100) / 3) for a in ("mle", "raml", "vaml")}
+    cfg = ExperimentConfig(task="toy", arms=exp.arms(replace(grid, finetune_valid_every=tuple(every.items()))), seeds=2,
+                           out=str(tmp_path), shared_mle=True, shared_qnet=True, overrides=["batch_size=100"])
+    assert cfg.labels == ["mle", "mle (continued)", "raml (from mle)", "vaml (from mle)"]
+    phases = trial_specs(cfg)
+    assert list(phases) == ["mle", "critic", "main"]
+    actor = str(tmp_path / "mle-seed1234" / "actor_best.pt")
+    assert [q.key for q in phases["critic"]] == ["qnet-vaml-seed1234"]
+    qnet = phases["critic"][0]
+    assert qnet.overrides[-2:] == [f"algo.actor_init={actor}", "algo.qnet_only=true"]
+    main = {s.key: s for s in phases["main"]}
+    assert list(main) == [f"{a}-seed{s}" for a in ("mle-continued", "raml-from-mle", "vaml-from-mle") for s in (1234, 1235)]
+    for key, spec in main.items():
+        algo = spec.algo
+        assert spec.actor_init == actor
+        assert ["epochs=1", "algo.budget_epochs=0.5", f"algo.valid_every_updates={every[algo]}"] == \
+            [o for o in spec.overrides if o.split("=")[0] in ("epochs", "algo.budget_epochs", "algo.valid_every_updates")]
+        assert (f"algo.qnet_init={qnet.run_dir}" in spec.overrides) == (algo == "vaml")
+    table1 = trial_specs(ExperimentConfig(task="toy", arms=PAPER_EXPERIMENTS["table1"].arms(Grid()), out=str(tmp_path)))
+    assert {s.key: s.actor_init is None for s in table1["main"] if s.algo in ("raml", "vaml")} == \
+        {"raml-seed1234": True, "vaml-seed1234": True}
 
 
 def test_trial_resources_come_from_the_run_config():

@@ -49,12 +49,16 @@ def test_critic_pretraining_keeps_the_best_critic_decays_on_plateau_and_starts_j
     checks = [r for r in _records(run) if CRITIC_VALID_TD in r and "critic/best_valid_td" in r]
     td = [r[CRITIC_VALID_TD] for r in checks]
     assert len(checks) >= 2 and all(np.isfinite(td))
-    # the running best, and the lr halving after every check that did not improve on it
-    best, lr = float("inf"), 0.05
-    for r in checks:
+    # the running best, and the lr halving after every check that did not improve on it, until 2 decays
+    # were made: the next miss stops the stage at that check with the lr unchanged
+    best, lr, decays = float("inf"), 0.05, 0
+    for i, r in enumerate(checks):
         improved = r[CRITIC_VALID_TD] <= best
         best = min(best, r[CRITIC_VALID_TD])
-        lr = lr if improved else lr * 0.5
+        if not improved and decays == 2:
+            assert i == len(checks) - 1, "the stage went on after the miss that should have stopped it"
+        elif not improved:
+            lr, decays = lr * 0.5, decays + 1
         assert r["critic/best_valid_td"] == pytest.approx(best)
         assert r[LR_CRITIC] == pytest.approx(lr)
     # the stage stopped at the cap or after the 3rd non-improvement (2 decays allowed)

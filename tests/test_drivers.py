@@ -543,3 +543,57 @@ def test_nan_stops_the_swapin_loop(tmp_path, mle_run, monkeypatch):
     _check_nan_stop(err, run, "loss/actor is nan at update 2 (iteration 2)")
     assert "algo.lr" in str(err.value)
     assert _trainer_state(run)["iteration"] == 1
+
+
+# ----------------------------------------------------------------------------- RAML / VAML fine-tuned from an MLE actor
+
+
+@pytest.mark.ray
+def test_raml_from_an_mle_actor_for_a_budget(tmp_path, mle_run):
+    """RAML fine-tuned from the MLE actor (the ``vaml`` protocol's row): algo.budget_epochs=0.5 of 6
+    updates an epoch = 3 updates, validated every 2; the start actor's validation counts as epoch 0."""
+    from rayseq.train import train
+
+    run = tmp_path / "raml"
+    cfg = _config("raml", run, f"algo.actor_init={mle_run}", "algo.budget_epochs=0.5", "algo.valid_every_updates=2",
+                  "epochs=4", "batch_size=500", "algo.num_samples=1")
+    results = train(cfg)
+    check_steps(run, BLEU_VALID, [0, 2, 3])
+    recs = [r for r in read_metrics(run) if BLEU_VALID in r]
+    start = validation_bleu(load_actor(mle_run / "actor_best.pt").model, load_task("toy"), max_sentences=cfg.valid_max_sentences,
+                            beam=cfg.valid_beam, max_len=cfg.max_decode_len)
+    assert recs[0][BLEU_VALID] == pytest.approx(start)  # epoch 0 is the MLE actor itself
+    assert results["updates"] == 3 and results["epochs"] == 0.5
+    check_steps(run, "loss/actor", [1, 2, 3])
+    check_bleu(run, results, cfg)
+
+
+@pytest.mark.ray
+def test_vaml_qnet_only_then_vaml_from_an_mle_actor_with_that_qnet(tmp_path, mle_run):
+    """The shared Q-net of the ``vaml`` protocol: ``algo.qnet_only`` trains step 1 (6 updates), trains no
+    actor and tests the start actor; a VAML run from the MLE actor with ``algo.qnet_init`` = that run
+    makes no Q-net update and spends its whole budget (3 updates) on the actor."""
+    from rayseq.drivers.vaml import QNET_FILE
+    from rayseq.train import train
+
+    qrun = tmp_path / "qnet"
+    qcfg = _vaml(qrun, "algo.qnet_epochs=1", "algo.qnet_only=true", f"algo.actor_init={mle_run}")
+    q = train(qcfg)
+    assert q["qnet"]["source"] == "trained" and q["qnet"]["updates"] == 6 and q["updates"] == 6 and q["epochs"] == 0
+    check_steps(qrun, "loss/critic_td", range(1, 7))
+    check_steps(qrun, "loss/actor", [])
+    check_steps(qrun, BLEU_VALID, [6])  # the start actor, validated once
+    assert _same_weights(qrun / "actor_best.pt", mle_run / "actor_best.pt")
+    check_bleu(qrun, q, qcfg)
+
+    run = tmp_path / "vaml"
+    cfg = _vaml(run, f"algo.qnet_init={qrun}", f"algo.actor_init={mle_run}", "algo.budget_epochs=0.5",
+                "algo.valid_every_updates=2", "epochs=4")
+    results = train(cfg)
+    assert results["qnet"]["source"] == f"qnet_init {qrun}"
+    assert results["qnet"][QNET_VALID_TD] == pytest.approx(load_critic_file(qrun / QNET_FILE, fmt="rayseq-qnet/1")["meta"][QNET_VALID_TD])
+    check_steps(run, "loss/critic_td", [])
+    check_steps(run, "loss/actor", [1, 2, 3])
+    check_steps(run, BLEU_VALID, [0, 2, 3])
+    assert results["updates"] == 3 and results["epochs"] == 0.5
+    check_bleu(run, results, cfg)

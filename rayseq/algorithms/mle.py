@@ -21,7 +21,36 @@ PAD = 0
 
 
 @dataclass
-class MLEConfig:
+class ActorStartConfig:
+    """Where a supervised run (MLE, RAML, VAML's step 2) starts and how many updates it may make.
+
+    With ``actor_init`` the run fine-tunes a trained actor: "MLE continued" (the baseline that gets an
+    RL stage's extra updates) and RAML / VAML started from the same MLE actor as the RL runs.
+    """
+
+    actor_init: str | None = None
+    """Start from this actor (a run directory's best actor, or an actor file) instead of random
+    weights. Its validation BLEU counts as epoch 0, so the best actor is never worse than the start."""
+    continue_lr: bool = True
+    """With ``actor_init`` from an MLE run: start at the lr where that run's schedule stopped
+    (training goes on where it left off); False: start at ``lr``."""
+    budget_epochs: float = 0.0
+    """Stop after this many epochs' worth of updates, a fraction allowed (0: no cap but ``epochs``):
+    e.g. "MLE continued" for exactly the RL stage's updates (its ``algo.joint_epochs``)."""
+    valid_every_updates: int = 0
+    """Validate (keep the best actor, step the lr schedule) every this many updates; 0: after each
+    epoch. "MLE continued" uses the RL stage's ``algo.valid_every``."""
+
+    def check_start(self) -> None:
+        """Raise ``ValueError`` naming the field when a budget or validation interval is negative."""
+        name = type(self).__name__
+        if self.budget_epochs < 0 or self.valid_every_updates < 0:
+            raise ValueError(f"{name}.budget_epochs and valid_every_updates must be >= 0 (0: off); got "
+                             f"{self.budget_epochs} and {self.valid_every_updates}")
+
+
+@dataclass
+class MLEConfig(ActorStartConfig):
     """Hyper-parameters of MLE training (official defaults)."""
 
     lr: float = 0.6
@@ -42,30 +71,15 @@ class MLEConfig:
     """Max hypothesis length when decoding for evaluation."""
     seed: int = 1234
     """Random seed (the official default)."""
-    actor_init: str | None = None
-    """Start from this actor (a run directory's best actor, or an actor file) instead of random
-    weights: "MLE continued", the baseline that gets the RL stage's extra updates. Its validation
-    BLEU counts as epoch 0, so the best actor is never worse than the start."""
-    continue_lr: bool = True
-    """With ``actor_init`` from an MLE run: start at the lr where that run's schedule stopped
-    (MLE continued goes on where it left off); False: start at ``lr``."""
-    budget_epochs: float = 0.0
-    """Stop after this many epochs' worth of updates, a fraction allowed (0: no cap but ``epochs``):
-    "MLE continued" for exactly the RL stage's updates (its ``algo.joint_epochs``)."""
-    valid_every_updates: int = 0
-    """Validate (keep the best actor, step the lr schedule) every this many updates; 0: after each
-    epoch. "MLE continued" uses the RL stage's ``algo.valid_every``."""
 
     def __post_init__(self) -> None:
+        self.check_start()
         if self.lr <= 0:
             raise ValueError(f"MLEConfig.lr must be > 0; got {self.lr}")
         if not 0.0 < self.lr_decay < 1.0:
             raise ValueError(f"MLEConfig.lr_decay must be in (0, 1); got {self.lr_decay}")
         if self.max_decays < 0:
             raise ValueError(f"MLEConfig.max_decays must be >= 0; got {self.max_decays}")
-        if self.budget_epochs < 0 or self.valid_every_updates < 0:
-            raise ValueError(f"MLEConfig.budget_epochs and valid_every_updates must be >= 0 (0: off); got "
-                             f"{self.budget_epochs} and {self.valid_every_updates}")
         for name in ("batch_size", "max_epochs", "beam_size", "max_decode_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MLEConfig.{name} must be >= 1; got {getattr(self, name)}")

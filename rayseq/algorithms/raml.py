@@ -30,14 +30,14 @@ import numpy as np
 import torch
 
 from envs.rewards import prefix_bleu_batch
-from rayseq.algorithms.mle import PAD, SeqLoss, sequence_nll
+from rayseq.algorithms.mle import PAD, ActorStartConfig, SeqLoss, sequence_nll
 
 N_SPECIALS = 4  # <pad>=0 <unk>=1 <bos>=2 <eos>=3
 SAMPLERS = ("ngram", "payoff")
 
 
 @dataclass
-class RAMLConfig:
+class RAMLConfig(ActorStartConfig):
     """Hyper-parameters of RAML training (official defaults; IMPLEMENTATION_NOTES "RAML")."""
 
     num_samples: int = 4
@@ -79,6 +79,7 @@ class RAMLConfig:
     """Random seed (samplers use a numpy Generator seeded from it)."""
 
     def __post_init__(self) -> None:
+        self.check_start()
         if self.sampler not in SAMPLERS:
             raise ValueError(f"RAMLConfig.sampler={self.sampler!r}; use one of {SAMPLERS}")
         if self.num_samples < 0 or (self.num_samples == 0 and not self.include_reference):

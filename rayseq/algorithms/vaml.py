@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rayseq.algorithms.mle import ActorStartConfig
 from rayseq.algorithms.raml import N_SPECIALS, SAMPLERS, RAMLConfig
 from rayseq.models.base import BOS, PAD
 
@@ -40,7 +41,7 @@ MIX_MODES = ("bernoulli", "expected")
 
 
 @dataclass
-class VAMLConfig:
+class VAMLConfig(ActorStartConfig):
     """Hyper-parameters of VAML (official defaults; IMPLEMENTATION_NOTES "VAML")."""
 
     tau: float = 0.4
@@ -66,6 +67,9 @@ class VAMLConfig:
     V from a Polyak-averaged target network φ̄ ← (1 − β)φ̄ + βφ, no gradient through it."""
     qnet_init: str | None = None
     """A ``qnet.pt`` of an earlier VAML run (or its run dir): skip step 1 and use that Q-net."""
+    qnet_only: bool = False
+    """Step 1 alone: train the Q-net (``qnet.pt``, for ``qnet_init`` of later runs) and train no actor;
+    the start actor (``actor_init``, or the initial weights) is validated and tested."""
     qnet_replay: str | None = None
     """Optional extra off-policy trajectories for step 1: the run dir of an actor-critic job trained
     with ``algo.replay_backend=redis``; its joint-stage replay is sampled alongside the corrupted
@@ -115,6 +119,7 @@ class VAMLConfig:
     """Seeds the corruptions, the RAML samples and the Bernoulli mix."""
 
     def __post_init__(self) -> None:
+        self.check_start()
         if not self.tau > 0:
             raise ValueError(f"VAMLConfig.tau={self.tau}: must be > 0 (Eq. 10 divides by τ).")
         if not 0.0 <= self.corrupt_prob <= 1.0:

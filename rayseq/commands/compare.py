@@ -31,6 +31,8 @@ def add_experiment_arguments(p: argparse.ArgumentParser, seeds_default: int | No
                    help="one MLE run (the base seed) that every seed's RL runs start from: the seeds measure the RL stage alone")
     p.add_argument("--shared-critic", action="store_true",
                    help="with --shared-mle: pretrain each distinct critic once; every seed's AC/ERAC run starts joint training from it")
+    p.add_argument("--shared-qnet", action="store_true",
+                   help="train each distinct VAML Q-net once (step 1); every seed's VAML run trains its actor with it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[ALGO:]key=value",
                    help="a setting for every run (or one algorithm's); repeatable")
 
@@ -56,7 +58,8 @@ def experiment_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"preset": args.preset, "out": args.out or "", "overrides": list(args.overrides), "base_seed": args.base_seed,
             "data_dir": args.data_dir, "address": args.address, "report_only": args.report_only,
             "max_concurrent": args.max_concurrent, "retry_errored": args.retry_errored, "trial_resources": resources,
-            "shared_mle": args.shared_mle, "shared_critic": args.shared_critic}
+            "shared_mle": args.shared_mle, "shared_critic": args.shared_critic,
+            "shared_qnet": args.shared_qnet}
 
 
 def print_summary(report: dict[str, Any], out: str, md: Path) -> None:

@@ -1,4 +1,4 @@
-"""``rayseq reproduce table1|table3|table4|fig1 --task T``: the paper's experiments by name, the
+"""``rayseq reproduce table1|table3|table4|fig1|ac|vaml --task T``: the paper's experiments by name, the
 command line of ``rayseq.experiments.paper`` (argument parsing and printing only).
 
 Writes ``OUT/NAME.md``, ``OUT/NAME.json`` and ``OUT/NAME.png`` (default OUT:
@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--taus", type=_floats, help=f"fig1: the τ grid (default {','.join(map(str, TAUS))})")
     p.add_argument("--continued-epochs", type=float,
                    help="ac: epochs of 'MLE continued', a fraction allowed (default: ERAC's algo.joint_epochs, the RL stage's budget)")
+    p.add_argument("--finetune-epochs", type=float,
+                   help="vaml: epochs each of MLE continued, RAML and VAML trains from the MLE actor (default 1)")
+    p.add_argument("--finetune-checks", type=int,
+                   help="vaml: validations per epoch of each fine-tuning row (default 2)")
     add_experiment_arguments(p, seeds_default=None)
 
 
@@ -49,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
     exp = PAPER_EXPERIMENTS[args.experiment]
     grid = Grid()
-    owner = {"betas": "table3", "lambda_vars": "table3", "taus": "fig1", "continued_epochs": "ac"}
+    owner = {"betas": "table3", "lambda_vars": "table3", "taus": "fig1", "continued_epochs": "ac",
+             "finetune_epochs": "vaml", "finetune_checks": "vaml"}
     for key, value in (("betas", args.betas), ("lambda_vars", args.lambda_vars), ("taus", args.taus),
-                       ("continued_epochs", args.continued_epochs)):
+                       ("continued_epochs", args.continued_epochs), ("finetune_epochs", args.finetune_epochs),
+                       ("finetune_checks", args.finetune_checks)):
         if value is not None:
             if key not in exp.grid_keys:
                 raise ValueError(f"reproduce {args.experiment}: --{key.replace('_', '-')} is for {owner[key]} only")

@@ -1,8 +1,10 @@
 """``rayseq train --algo mle|raml``: epochs of dataset batches on the learner.
 
-With ``algo.actor_init`` (MLE) the run starts from that actor ("MLE continued", the baseline that
-gets the RL stage's extra updates): its validation BLEU counts as epoch 0, and when the actor comes
-from an MLE run the lr starts where that run's schedule left it.
+With ``algo.actor_init`` (MLE, RAML, VAML) the run starts from that actor ("MLE continued", the
+baseline that gets the RL stage's extra updates; RAML / VAML fine-tuned from the same MLE actor): its
+validation BLEU counts as epoch 0, and when the actor comes from an MLE run the lr starts where that
+run's schedule left it. ``algo.budget_epochs`` caps the updates, ``algo.valid_every_updates`` splits
+epochs between validations.
 
 Per epoch: the algorithm's ``train()`` (RLlib learners do the updates), then validation BLEU of
 the actor on the driver, the lr schedule (× ``lr_decay`` on no improvement, stop after
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rayseq.actor_io import load_actor, resolve_actor
-from rayseq.algorithms.mle import PlateauSchedule
+from rayseq.algorithms.mle import ActorStartConfig, PlateauSchedule
 from rayseq.config import RunConfig
 from rayseq.drivers.stage import Run, open_run, say, stage_updates
 from rayseq.metrics import BLEU_VALID, EPOCH_TIME_S, LR, TOKENS_PER_S, TOKENS_TOTAL
@@ -58,10 +60,12 @@ def iteration_updates(valid_every: int, left: int) -> int:
     return min(caps) if caps else 0
 
 
-def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None, train_actor: bool = True) -> dict[str, Any]:
     """Actor epochs until ``cfg.epochs`` or the schedule stops; returns ``results.json``.
 
     ``extra`` (a stage summary, e.g. VAML's Q-net) is kept in every checkpoint and in the results.
+    ``train_actor=False`` (VAML's ``algo.qnet_only``): no update; the start actor is validated, kept
+    and tested.
     """
     cfg, algo, state = run.cfg, run.algo, run.state
     extra = dict(extra or {})
@@ -69,12 +73,13 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
     algo.set_lr(schedule.lr)
     epoch, step = state.get("epoch", 0), int(algo.num_updates)
     best_epoch = state.get("best_epoch")
-    a = cfg.algo_config
-    budget = stage_updates(a.budget_epochs, len(run.task.split("train")), cfg.batch_size) if getattr(a, "budget_epochs", 0) else 0
-    valid_every = int(getattr(a, "valid_every_updates", 0))
+    a: ActorStartConfig = cfg.algo_config
+    budget = stage_updates(a.budget_epochs, len(run.task.split("train")), cfg.batch_size) if a.budget_epochs else 0
+    valid_every = int(a.valid_every_updates)
+    step0 = int(state.get("actor_step0", step))  # updates made before the actor epochs (VAML: its Q-net's)
     hint = "a smaller lr (algo.lr=...)"
-    if not state and getattr(cfg.algo_config, "actor_init", None):  # MLE continued: the start is epoch 0
-        start_lr = continued_lr(cfg.algo_config.actor_init) if cfg.algo_config.continue_lr else None
+    if "schedule" not in state and (a.actor_init or not train_actor):  # fine-tuning: the start is epoch 0
+        start_lr = continued_lr(a.actor_init) if a.actor_init and a.continue_lr else None
         if start_lr is not None:  # the lr the start actor's own MLE run had decayed to
             schedule.lr = start_lr
             algo.set_lr(start_lr)
@@ -82,13 +87,15 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
         valid = run.validate(model)
         schedule.step(valid.bleu)
         best_epoch = 0
-        run.keep(model, valid, True, step=0, epoch=0, position={"epoch": 0}, metrics={LR: schedule.lr},
-                 trainer_state={"epoch": 0, "step": 0, "schedule": schedule.state_dict(), "best_epoch": 0, **extra})
+        run.keep(model, valid, True, step=step, epoch=0, position={"epoch": 0}, metrics={LR: schedule.lr},
+                 trainer_state={"epoch": 0, "step": step, "actor_step0": step0, "schedule": schedule.state_dict(),
+                                "best_epoch": 0, **extra})
         limit = f"{budget} updates" if budget else f"{cfg.epochs} epochs"
-        say(f"start: valid BLEU {valid.bleu:.2f} ({cfg.algo_config.actor_init}); {limit} at most")
-    while epoch < cfg.epochs and not schedule.should_stop and not (budget and step >= budget):
+        say(f"start: valid BLEU {valid.bleu:.2f} ({a.actor_init or 'initial weights'}); "
+            + (f"{limit} at most" if train_actor else "no actor training"))
+    while train_actor and epoch < cfg.epochs and not schedule.should_stop and not (budget and step - step0 >= budget):
         t0 = time.perf_counter()
-        algo.updates_per_iteration = iteration_updates(valid_every, budget - step if budget else 0)
+        algo.updates_per_iteration = iteration_updates(valid_every, budget - (step - step0) if budget else 0)
         result = algo.train()
         run.log_records(algo.pop_train_log(), f"epoch {math.floor(epoch) + 1}", hint)
         done = round(float(algo.epochs_done), 6)
@@ -104,7 +111,8 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
             model, valid, improved, step=step, epoch=epoch, position={"epoch": epoch},
             metrics={LR: schedule.lr, TOKENS_PER_S: float(result.get(TOKENS_PER_S, 0.0)),
                      TOKENS_TOTAL: float(algo.tokens_total), EPOCH_TIME_S: time.perf_counter() - t0},
-            trainer_state={"epoch": epoch, "step": step, "schedule": schedule.state_dict(), "best_epoch": best_epoch, **extra},
+            trainer_state={"epoch": epoch, "step": step, "actor_step0": step0, "schedule": schedule.state_dict(),
+                           "best_epoch": best_epoch, **extra},
         )
         say(f"{'epoch' if epoch == int(epoch) else f'update {step}, epoch'} {epoch:g}: valid BLEU {valid.bleu:.2f} (best {schedule.best:.2f}, epoch {best_epoch}), lr {schedule.lr:g}")
     return run.finish(step, epoch, {"epochs": epoch, "updates": step, "best_epoch": best_epoch,
@@ -113,7 +121,7 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None) -> dict[str, An
 
 def build(cfg: RunConfig, task: Any, start: Any) -> Any:
     algo = build_supervised_algorithm(cfg, task)
-    spec = getattr(cfg.algo_config, "actor_init", None)
+    spec = cfg.algo_config.actor_init
     if spec:  # weights only; a resumed run restores its own from the checkpoint afterwards
         path = resolve_actor(spec, "best") if Path(spec).is_dir() else Path(spec)
         algo.load_actor(load_actor(path).model.state_dict())

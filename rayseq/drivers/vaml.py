@@ -15,7 +15,7 @@ stage stops. The checks:
   argmax Q for the next reference token, entropy of P_Q = softmax(Q/τ), the eos margin after y*.
 
 The finished Q-net is written to ``RUN_DIR/qnet.pt`` (``algo.qnet_init`` of a later run may reuse
-it and skip step 1). Step 2 (the actor, Eq. 17) is the supervised epoch loop
+it and skip step 1). Step 2 (the actor, Eq. 17; from ``algo.actor_init`` when given) is the supervised epoch loop
 (``rayseq.drivers.supervised.epoch_loop``) with the Q-net summary kept in its checkpoints.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from rayseq.config import RunConfig
 from rayseq.data.errors import DataError
 from rayseq.data.tasks import Task
 from rayseq.drivers.stage import Run, open_run, say
-from rayseq.drivers.supervised import epoch_loop
+from rayseq.drivers.supervised import build, epoch_loop
 from rayseq.errors import TrainingError
 from rayseq.evaluation.bleu import corpus_bleu_ids
 from rayseq.evaluation.decode import translate_ids
@@ -61,7 +61,6 @@ from rayseq.models.critic import Critic, CriticConfig
 from rayseq.replay import run_replay_key
 from rayseq.rollout import collate
 from rayseq.run_dir import read_run_json
-from rayseq.runtime.builders import build_supervised_algorithm
 
 QNET_FILE = "qnet.pt"
 QNET_FORMAT = "rayseq-qnet/1"
@@ -220,11 +219,7 @@ def qnet_stage(run: Run) -> dict[str, Any]:
     return summary
 
 
-def build(cfg: RunConfig, task: Task, start: Any) -> Any:
-    return build_supervised_algorithm(cfg, task)
-
-
 def train_vaml(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) VAML: the Q-net stage, then the actor epochs; returns ``results.json``."""
     with open_run(cfg, resume, address, build) as run:
-        return epoch_loop(run, {"qnet": qnet_stage(run)})
+        return epoch_loop(run, {"qnet": qnet_stage(run)}, train_actor=not cfg.algo_config.qnet_only)

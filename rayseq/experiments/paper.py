@@ -7,8 +7,9 @@
 | ``table4`` | Table 4: ERAC with and without future entropy, against AC | erac, erac-nofutent, ac |
 | ``fig1`` | Figure 1: ERAC's BLEU against the entropy weight τ | erac × ``TAUS`` |
 | ``ac`` | the actor-critic protocol: every RL arm and "MLE continued" from the same MLE actor | mle, mle (continued), ac, erac, erac-eq20, erac-nofutent |
+| ``vaml`` | the VAML protocol: MLE continued, RAML and VAML fine-tuned from the same MLE actor for the same epochs | mle, mle (continued), raml (from mle), vaml (from mle) |
 
-Every RL run starts from the MLE actor of its seed (the experiment's MLE phase), which is also
+Every RL run (and every arm marked ``from_mle``) starts from the MLE actor of its seed (the experiment's MLE phase), which is also
 printed as the reference. Each writes ``OUT/NAME.md``, ``OUT/NAME.json`` and ``OUT/NAME.png``,
 labelled with the task, the preset and the hardware the trials ran on. A **diverged** run
 (``rayseq.experiments.report.diverged``: collapsed, non-finite BLEU, or stopped on a non-finite
@@ -59,6 +60,14 @@ class Grid:
     continued_valid_every: int | None = None
     """Updates between the validations of "MLE continued" (None: ERAC's ``algo.valid_every``, so
     that it picks its best actor as often as the RL arms do)."""
+    finetune_epochs: float = 1.0
+    """``vaml`` protocol: epochs (a fraction allowed) that MLE continued, RAML and VAML each train from
+    the MLE actor."""
+    finetune_checks: int = 2
+    """``vaml`` protocol: validations per epoch of each fine-tuning arm (the best actor is kept)."""
+    finetune_valid_every: tuple[tuple[str, int], ...] = ()
+    """``vaml`` protocol: (algorithm, updates between validations), filled by ``reproduce`` from each
+    algorithm's batch size and the task's training split (``finetune_intervals``)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ def _ac_arms(grid: Grid) -> list[Arm]:
     continued = [f"epochs={max(1, math.ceil(epochs))}", f"algo.budget_epochs={_num(epochs)}"]
     if grid.continued_valid_every:
         continued.append(f"algo.valid_every_updates={grid.continued_valid_every}")
-    return [Arm("mle"), Arm("mle", "continued", tuple(continued)),
+    return [Arm("mle"), Arm("mle", "continued", tuple(continued), from_mle=True),
             *(Arm(a) for a in ("ac", "erac", "erac-eq20", "erac-nofutent"))]
 
 
@@ -104,6 +113,42 @@ def rl_stage_budget(cfg: ExperimentConfig) -> tuple[float, int]:
 
     run = build_run_config("erac", get_algorithm("erac").config_cls, cfg.preset, cfg.task, overrides_for(cfg, "erac"))
     return float(run.algo_config.joint_epochs), int(run.algo_config.valid_every or 0)
+
+
+FINETUNE_ALGOS: tuple[str, ...] = ("mle", "raml", "vaml")
+"""The ``vaml`` protocol's fine-tuned rows (MLE continued, RAML and VAML from the MLE actor)."""
+
+
+def _vaml_arms(grid: Grid) -> list[Arm]:
+    """The VAML protocol's rows: the MLE actor, then MLE continued, RAML and VAML, each fine-tuned from
+    that actor for ``finetune_epochs`` and validated ``finetune_checks`` times an epoch."""
+    every = dict(grid.finetune_valid_every)
+    epochs = grid.finetune_epochs
+
+    def arm(algo: str) -> Arm:
+        budget = [f"epochs={max(1, math.ceil(epochs))}", f"algo.budget_epochs={_num(epochs)}"]
+        if every.get(algo):
+            budget.append(f"algo.valid_every_updates={every[algo]}")
+        return Arm(algo, "continued" if algo == "mle" else "from mle", tuple(budget), from_mle=True)
+
+    return [Arm("mle"), *(arm(a) for a in FINETUNE_ALGOS)]
+
+
+def finetune_intervals(cfg: ExperimentConfig, grid: Grid) -> tuple[tuple[str, int], ...]:
+    """(algorithm, updates between validations) of the ``vaml`` protocol's fine-tuning arms: one
+    epoch's updates at the algorithm's batch size under the experiment's settings, / ``finetune_checks``."""
+    from rayseq.config import build_run_config
+    from rayseq.data.tasks import load_task
+    from rayseq.experiments.spec import overrides_for
+    from rayseq.registry import get_algorithm
+
+    n_train = len(load_task(cfg.task, cfg.data_dir).split("train"))
+    out = []
+    for algo in FINETUNE_ALGOS:
+        run = build_run_config(algo, get_algorithm(algo).config_cls, cfg.preset, cfg.task, overrides_for(cfg, algo))
+        per_epoch = math.ceil(n_train / run.batch_size)
+        out.append((algo, max(1, math.ceil(per_epoch / max(1, grid.finetune_checks)))))
+    return tuple(out)
 
 
 def _fig1_arms(grid: Grid) -> list[Arm]:
@@ -346,6 +391,58 @@ def _plot_ac(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
     return save_png(fig, png)
 
 
+def _render_vaml(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
+    """The summary table, then each row's mean wall time and each VAML run's Q-net (step 1)."""
+    from rayseq.metrics import CRITIC_TARGET_ENTROPY, CRITIC_TOP1_ACC, QNET_GREEDY_BLEU, QNET_VALID_TD
+
+    lines = _render_summary(cfg, report).rstrip("\n").splitlines()
+    lines += ["", "| row | mean wall time (min) | updates |", "|---|---|---|"]
+    for label in cfg.labels:
+        runs = [r for r in report["runs"] if r.get("label", r["algo"]) == label and r["status"] == "ok"]
+        if runs:
+            wall = sum(r.get("wall_time_s", float("nan")) for r in runs) / len(runs) / 60
+            updates = sorted({str(r["updates"]) for r in runs if "updates" in r})
+            lines.append(f"| {label} | {wall:.1f} | {', '.join(updates) or '–'} |")
+    keys = (QNET_VALID_TD, QNET_GREEDY_BLEU, CRITIC_TOP1_ACC, CRITIC_TARGET_ENTROPY)
+    qnets = [(r["key"], _results(r.get("run_dir")).get("qnet") or {}) for r in report["runs"] if r["algo"] == "vaml"]
+    if any(q for _, q in qnets):
+        lines += ["", "The Q-net each VAML run's step 2 used (held-out figures of step 1):", "",
+                  "| run | source | updates | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+        for key, q in qnets:
+            lines.append(f"| {key} | {q.get('source', '–')} | {q.get('updates', '–')} | "
+                         + " | ".join(f"{q[k]:.3f}" if isinstance(q.get(k), (int, float)) else "–" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_vaml(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
+    """Validation BLEU against the epoch of fine-tuning, one colour per row, every seed a line."""
+    from rayseq.metrics import BLEU_VALID, EPOCH, read_metrics
+
+    fig = _figure()
+    ax = fig.subplots()
+    colours = {label: f"C{i % 10}" for i, label in enumerate(cfg.labels)}
+    labelled: set[str] = set()
+    for run in report["runs"]:
+        metrics = Path(run.get("run_dir") or "") / "metrics.jsonl"
+        label = run.get("label", run["algo"])
+        if run["status"] != "ok" or not metrics.is_file() or label not in colours or label == "mle":
+            continue
+        pts = [(r[EPOCH], r[BLEU_VALID]) for r in read_metrics(metrics)
+               if isinstance(r.get(BLEU_VALID), (int, float)) and math.isfinite(r[BLEU_VALID]) and EPOCH in r]
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=colours[label], markersize=3, linewidth=1,
+                    alpha=0.85, label=None if label in labelled else label)
+            labelled.add(label)
+    _mle_hline(ax, report, "valid_bleu")
+    ax.set(xlabel="epoch of fine-tuning from the MLE actor", ylabel="validation BLEU", title="validation BLEU")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, png)
+
+
 PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
     "table1": PaperExperiment(
         "Table 1: MLE, RAML, VAML, AC and ERAC over seeds", 3,
@@ -361,6 +458,9 @@ PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
         "The actor-critic protocol: MLE, MLE continued, AC, ERAC (official actor term), ERAC (Eq. 20 as printed), "
         "ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_ac,
         ("continued_epochs", "continued_valid_every")),
+    "vaml": PaperExperiment(
+        "The VAML protocol: MLE continued, RAML and VAML, each fine-tuned from the same MLE actor for the same "
+        "epochs", 3, _vaml_arms, _render_vaml, _plot_vaml, ("finetune_epochs", "finetune_checks")),
 }
 """Name → the experiment (``rayseq reproduce NAME``)."""
 
@@ -377,6 +477,9 @@ def reproduce(name: str, task: str, seeds: int | None = None, grid: Grid | None 
         joint_epochs, valid_every = rl_stage_budget(cfg)
         grid = replace(grid, continued_epochs=joint_epochs if grid.continued_epochs is None else grid.continued_epochs,
                        continued_valid_every=valid_every if grid.continued_valid_every is None else grid.continued_valid_every)
+        cfg = replace(cfg, arms=exp.arms(grid))
+    if "finetune_epochs" in exp.grid_keys and not grid.finetune_valid_every:
+        grid = replace(grid, finetune_valid_every=finetune_intervals(cfg, grid))
         cfg = replace(cfg, arms=exp.arms(grid))
     out = Path(cfg.out)
     result = run_experiment(cfg)

@@ -6,7 +6,7 @@ An :class:`ExperimentConfig` names a task, a preset and its **arms**; every arm 
 
 1. ``mle`` — one MLE run per seed (``OUT/mle-seedS``; with ``shared_mle`` one, of the first seed),
    trained when ``mle`` is an arm or any arm's algorithm starts from an MLE actor
-   (``algo.actor_init``: AC, ERAC, the swap-ins, SCST, MIXER);
+   (AC, ERAC, the swap-ins, SCST, MIXER; and arms marked ``from_mle``, e.g. "MLE continued");
 2. ``main`` — every other arm × seed (``OUT/ALGO[-SETTING]-seedS``); one that starts from an MLE
    actor gets the best actor of its seed's MLE run as ``algo.actor_init``, so all start equal.
 
@@ -45,6 +45,9 @@ class Arm:
     """The setting's label, e.g. ``beta=0.01,lambda_var=0`` (empty: the algorithm as configured)."""
     overrides: tuple[str, ...] = ()
     """``key=value`` overrides of this arm, applied after the experiment's own."""
+    from_mle: bool = False
+    """Fine-tune: start from the experiment's MLE actor (``algo.actor_init``), as "MLE continued" and
+    RAML / VAML from MLE do. Algorithms with an RL stage (:func:`needs_mle_actor`) always do."""
 
     @property
     def label(self) -> str:
@@ -101,6 +104,12 @@ class ExperimentConfig:
     AC and ERAC w/o future entropy share the τ = 0 critic, ERAC and its Eq. 20 variant the τ > 0
     one), run once (``OUT/critic-ALGO-seedS``, the first seed) in a phase of its own; every seed's
     run of that setting starts joint training from it (``algo.critic_init``)."""
+
+    shared_qnet: bool = False
+    """One VAML step 1 (the Q-net, ``algo.qnet_only``) per distinct Q-net setting (``qnet_setting``),
+    run once (``OUT/qnet-ALGO-seedS``, the first seed) in the ``critic`` phase; every seed's VAML run
+    of that setting trains its actor with it (``algo.qnet_init``). The Q-net reads the corrupted
+    references only, not the actor, so sharing it changes no run's step 2."""
 
     def __post_init__(self) -> None:
         from rayseq.data.tasks import TASKS
@@ -187,10 +196,18 @@ class TrialSpec:
 
 
 def needs_mle_actor(algo: str) -> bool:
-    """Whether ``algo`` starts from an MLE actor (its config has ``actor_init``)."""
+    """Whether ``algo`` always starts from an MLE actor: its config has ``actor_init`` and it is not a
+    supervised algorithm (MLE, RAML, VAML train from scratch unless an arm says ``from_mle``)."""
+    from rayseq.algorithms.mle import ActorStartConfig
     from rayseq.registry import get_algorithm
 
-    return any(f.name == "actor_init" for f in fields(get_algorithm(algo).config_cls))
+    cls = get_algorithm(algo).config_cls
+    return any(f.name == "actor_init" for f in fields(cls)) and not issubclass(cls, ActorStartConfig)
+
+
+def starts_from_mle(arm: Arm) -> bool:
+    """Whether ``arm``'s runs get the MLE phase's actor as ``algo.actor_init``."""
+    return arm.from_mle or needs_mle_actor(arm.algo)
 
 
 def overrides_for(cfg: ExperimentConfig, algo: str) -> list[str]:
@@ -233,6 +250,34 @@ def critic_setting(cfg: ExperimentConfig, arm: Arm) -> str | None:
     return json.dumps({"algo": algo, "run": rest}, sort_keys=True, default=str)
 
 
+QNET_FIELDS: frozenset[str] = frozenset({
+    "tau", "qnet_epochs", "qnet_lr", "qnet_lr_decay", "qnet_max_decays", "qnet_batch_size", "num_corruptions",
+    "corrupt_prob", "qnet_target_beta", "qnet_replay", "qnet_replay_fraction", "qnet_valid_sentences",
+    "qnet_grad_clip", "bleu_smooth", "n_specials", "exclude_tokens",
+})
+"""The VAML settings its step 1 (the Q-net) reads: runs that agree on these and on the run-level
+settings can share one Q-net."""
+
+
+def qnet_setting(cfg: ExperimentConfig, arm: Arm) -> str | None:
+    """What ``arm``'s Q-net depends on, as a canonical string (None: not VAML): ``QNET_FIELDS`` and
+    the run config less the algorithm, the run's own paths, its seed and its epochs."""
+    import json
+    from dataclasses import asdict as as_dict
+
+    from rayseq.algorithms.vaml import VAMLConfig
+    from rayseq.config import build_run_config, to_dict
+    from rayseq.registry import get_algorithm
+
+    cls = get_algorithm(arm.algo).config_cls
+    if not issubclass(cls, VAMLConfig):
+        return None
+    run = build_run_config(arm.algo, cls, cfg.preset, cfg.task, overrides_for(cfg, arm.algo) + list(arm.overrides))
+    algo = {k: v for k, v in as_dict(run.algo_config).items() if k in QNET_FIELDS}
+    rest = {k: v for k, v in to_dict(run).items() if k not in ("algo", "algo_config", "out", "seed", "epochs")}
+    return json.dumps({"algo": algo, "run": rest}, sort_keys=True, default=str)
+
+
 def mle_key(seed: int) -> str:
     return f"{MLE}-seed{seed}"
 
@@ -244,7 +289,7 @@ def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
 
     out = Path(cfg.out).resolve()
     data_dir = str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None
-    want_mle = any(a.algo == MLE and not a.setting for a in cfg.arms) or any(needs_mle_actor(a.algo) for a in cfg.arms)
+    want_mle = any(a.algo == MLE and not a.setting for a in cfg.arms) or any(starts_from_mle(a) for a in cfg.arms)
     phases: dict[str, list[TrialSpec]] = {PHASE_MLE: [], PHASE_MAIN: []}
 
     def spec(arm: Arm, seed: int, phase: str, mle_dir: Path | None) -> TrialSpec:
@@ -262,8 +307,22 @@ def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
     if want_mle:
         phases[PHASE_MLE] = [spec(Arm(MLE), seed, PHASE_MLE, None) for seed in mle_seeds]
     critics: dict[str, TrialSpec] = {}  # critic setting → its pretraining run
-    if cfg.shared_critic:
+    qnets: dict[str, TrialSpec] = {}  # Q-net setting → its step-1 run
+    if cfg.shared_critic or cfg.shared_qnet:
         phases = {PHASE_MLE: phases[PHASE_MLE], PHASE_CRITIC: [], PHASE_MAIN: []}
+    if cfg.shared_qnet:
+        for arm in cfg.arms:
+            setting = qnet_setting(cfg, arm)
+            if setting is not None and setting not in qnets:
+                mle_dir = out / mle_key(mle_seeds[0]) if phases[PHASE_MLE] else None
+                qnet = spec(arm, mle_seeds[0], PHASE_CRITIC, mle_dir)
+                qnet.key = f"qnet-{arm.algo}-seed{mle_seeds[0]}"
+                qnet.run_dir = str(out / qnet.key)
+                qnet.label = f"Q-net of {arm.label}"
+                qnet.overrides.append("algo.qnet_only=true")  # step 1; the start actor is only tested
+                qnets[setting] = qnet
+                phases[PHASE_CRITIC].append(qnet)
+    if cfg.shared_critic:
         for arm in cfg.arms:
             setting = critic_setting(cfg, arm)
             if setting is not None and setting not in critics:
@@ -280,10 +339,12 @@ def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
         setting = critic_setting(cfg, arm) if critics else None
         for seed in cfg.seed_list:
             mle_seed = mle_seeds[0] if cfg.shared_mle else seed
-            mle_dir = out / mle_key(mle_seed) if needs_mle_actor(arm.algo) else None
+            mle_dir = out / mle_key(mle_seed) if starts_from_mle(arm) else None
             main = spec(arm, seed, PHASE_MAIN, mle_dir)
             if setting is not None:
                 main.overrides.append(f"algo.critic_init={critics[setting].run_dir}")
+            if cfg.shared_qnet and (q := qnet_setting(cfg, arm)) is not None:
+                main.overrides.append(f"algo.qnet_init={qnets[q].run_dir}")
             phases[PHASE_MAIN].append(main)
     return {name: specs for name, specs in phases.items() if specs}
 
@@ -294,12 +355,15 @@ __all__ = [
     "PHASE_CRITIC",
     "PHASE_MAIN",
     "PHASE_MLE",
+    "QNET_FIELDS",
     "Arm",
     "ExperimentConfig",
     "TrialSpec",
     "critic_setting",
     "mle_key",
     "needs_mle_actor",
+    "qnet_setting",
+    "starts_from_mle",
     "overrides_for",
     "trial_specs",
 ]
