@@ -148,6 +148,11 @@ class VAMLLearner(TorchLearner):
             for group in self.get_optimizer(module_id, "qnet").param_groups:
                 group["lr"] = lr
 
+    def load_actor(self, state_dict: dict[str, Any]) -> None:
+        """Actor weights (``Seq2Seq`` keys): step 2 fine-tuning an MLE actor (``algo.actor_init``)."""
+        for module_id in self.module.keys():  # noqa: SIM118
+            self._vaml(module_id).actor.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()})
+
     def load_qnet(self, state_dict: dict[str, Any]) -> None:
         """Q-net weights (``Critic`` keys), e.g. from an earlier run's ``qnet.pt``; the target too."""
         for module_id in self.module.keys():  # noqa: SIM118
