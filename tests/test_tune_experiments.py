@@ -118,6 +118,37 @@ def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session
     assert "| critic-ac-seed1234 | 6 |" in md and "| critic-erac-seed1234 | 6 |" in md
 
 
+def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
+    """``reproduce vaml --shared-mle --shared-qnet`` on the toy task, 2 seeds: one MLE run, one Q-net run
+    (step 1 only), then MLE continued, RAML and VAML from that actor for the same 6 updates (0.02 of 300
+    an epoch), validated every 3; every VAML run trains with the one Q-net and makes no Q-net update."""
+    from rayseq.experiments.paper import Grid, reproduce
+    from rayseq.metrics import BLEU_VALID, read_metrics
+
+    out = tmp_path / "vaml"
+    settings = ["vaml:algo.qnet_epochs=0.1", "vaml:algo.qnet_valid_sentences=20", "raml:algo.num_samples=1",
+                "vaml:algo.num_samples=1"]
+    report = reproduce("vaml", "toy", seeds=2, out=str(out), preset="cpu", grid=Grid(finetune_epochs=0.02, finetune_checks=100),
+                       overrides=[*RUN2, *settings], shared_mle=True, shared_qnet=True, max_concurrent=2)
+    assert [r["key"] for r in report["mle_runs"]] == ["mle-seed1234"]
+    assert [r["key"] for r in report["critic_runs"]] == ["qnet-vaml-seed1234"]
+    assert all(r["status"] == "ok" for r in report["runs"] + report["critic_runs"]), report["runs"]
+    qnet_dir = out / "qnet-vaml-seed1234"
+    qnet = _results(qnet_dir)
+    assert qnet["qnet"]["source"] == "trained" and qnet["qnet"]["updates"] == 6 and qnet["epochs"] == 0
+    rows = [r for r in report["runs"] if r["label"] != "mle"]
+    assert sorted(r["label"] for r in rows) == sorted(["mle (continued)", "raml (from mle)", "vaml (from mle)"] * 2)
+    for run in rows:
+        results = _results(Path(run["run_dir"]))
+        assert results["updates"] == 6 and results["epochs"] == 0.02, (run["key"], results)
+        assert [r["step"] for r in read_metrics(Path(run["run_dir"])) if BLEU_VALID in r] == [0, 3, 6]
+        if run["algo"] == "vaml":
+            assert results["qnet"]["source"] == f"qnet_init {qnet_dir}"
+    md = (out / "vaml.md").read_text()
+    assert "vaml (from mle)" in md and "| vaml-from-mle-seed1235 | qnet_init" in md
+    assert (out / "vaml.png").is_file()
+
+
 def _ray_pids_under(temp: str) -> list[int]:
     """Processes whose command line names ``temp`` (the Ray a killed driver started there)."""
     pids = []
