@@ -590,7 +590,9 @@ def test_vaml_qnet_only_then_vaml_from_an_mle_actor_with_that_qnet(tmp_path, mle
     cfg = _vaml(run, f"algo.qnet_init={qrun}", f"algo.actor_init={mle_run}", "algo.budget_epochs=0.5",
                 "algo.valid_every_updates=2", "epochs=4")
     results = train(cfg)
-    assert results["qnet"]["source"] == f"qnet_init {qrun}"
+    assert results["qnet"]["source"] == f"qnet_init {qrun}" and Path(results["qnet"]["path"]) == run / QNET_FILE
+    copied, original = load_critic_file(run / QNET_FILE, fmt="rayseq-qnet/1"), load_critic_file(qrun / QNET_FILE, fmt="rayseq-qnet/1")
+    assert all(torch.equal(copied["state_dict"][k], original["state_dict"][k]) for k in original["state_dict"])
     assert results["qnet"][QNET_VALID_TD] == pytest.approx(load_critic_file(qrun / QNET_FILE, fmt="rayseq-qnet/1")["meta"][QNET_VALID_TD])
     check_steps(run, "loss/critic_td", [])
     check_steps(run, "loss/actor", [1, 2, 3])

@@ -15,7 +15,7 @@ stage stops. The checks:
   argmax Q for the next reference token, entropy of P_Q = softmax(Q/τ), the eos margin after y*.
 
 The finished Q-net is written to ``RUN_DIR/qnet.pt`` (``algo.qnet_init`` of a later run may reuse
-it and skip step 1). Step 2 (the actor, Eq. 17; from ``algo.actor_init`` when given) is the supervised epoch loop
+it and skip step 1; such a run writes its copy there too). Step 2 (the actor, Eq. 17; from ``algo.actor_init`` when given) is the supervised epoch loop
 (``rayseq.drivers.supervised.epoch_loop``) with the Q-net summary kept in its checkpoints.
 """
 from __future__ import annotations
@@ -170,6 +170,9 @@ def qnet_stage(run: Run) -> dict[str, Any]:
         critic.load_state_dict(state_dict)
         summary = {"source": f"qnet_init {v.qnet_init}", **{k: meta[k] for k in ("updates",) if k in meta}}
         summary.update(evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len))
+        best_file = run_dir / QNET_FILE  # the run dir holds the Q-net it used (a later qnet_init may name it)
+        save_qnet(best_file, state_dict, critic_cfg, {**meta, "task": cfg.task, "source": summary["source"]})
+        summary["path"] = str(best_file)
     else:
         if v.qnet_replay:
             algo.attach_replay(open_run_replay(v.qnet_replay, v.seed))
