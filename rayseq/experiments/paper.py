@@ -358,13 +358,14 @@ def _plot_fig1(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path
     return save_png(fig, png)
 
 
-def _plot_ac(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
-    """Validation BLEU, the policy's entropy and the sampled length against the RL stage's update
-    (each run's own count: joint updates, or MLE continued's), one colour per row, every seed a line."""
-    from rayseq.metrics import BLEU_VALID, ENTROPY, SAMPLE_LEN, STEP, read_metrics
+def _plot_runs(cfg: ExperimentConfig, report: dict[str, Any], png: Path, panels: tuple[tuple[str, str], ...],
+               x_key: str, xlabel: str) -> Path:
+    """One panel per ``(metric, title)`` of every run's ``metrics.jsonl`` against ``x_key``, one colour
+    per row, every seed a line; the MLE run (the start) is the dashed line of the first panel."""
+    from rayseq.metrics import read_metrics
 
-    fig = _figure(3)
-    axes = fig.subplots(1, 3)
+    fig = _figure(len(panels))
+    axes = fig.subplots(1, len(panels)) if len(panels) > 1 else [fig.subplots()]
     colours = {label: f"C{i % 10}" for i, label in enumerate(cfg.labels)}
     labelled: set[tuple[int, str]] = set()
     for run in report["runs"]:
@@ -373,22 +374,39 @@ def _plot_ac(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
         if run["status"] != "ok" or not metrics.is_file() or label not in colours or label == "mle":
             continue  # the MLE run is the start: the dashed line
         recs = read_metrics(metrics)
-        for i, (ax, key) in enumerate(zip(axes, (BLEU_VALID, ENTROPY, SAMPLE_LEN))):
-            pts = [(r[STEP], r[key]) for r in recs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        for i, (ax, (key, _)) in enumerate(zip(axes, panels)):
+            pts = [(r[x_key], r[key]) for r in recs
+                   if x_key in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
             if pts:
                 legend = None if (i, label) in labelled else label
                 labelled.add((i, label))
                 ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=colours[label],
                         label=legend, markersize=3, linewidth=1, alpha=0.85)
     _mle_hline(axes[0], report, "valid_bleu")
-    for ax, name in zip(axes, ("validation BLEU", "policy entropy (nats)", "sampled length (tokens)")):
-        ax.set(xlabel="update of the RL stage (MLE continued: its updates)", title=name)
+    for ax, (_, name) in zip(axes, panels):
+        ax.set(xlabel=xlabel, title=name)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
     fig.tight_layout()
     return save_png(fig, png)
+
+
+def _plot_ac(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
+    """Validation BLEU, the policy's entropy and the sampled length against the RL stage's update
+    (each run's own count: joint updates, or MLE continued's), one colour per row, every seed a line."""
+    from rayseq.metrics import BLEU_VALID, ENTROPY, SAMPLE_LEN, STEP
+
+    panels = ((BLEU_VALID, "validation BLEU"), (ENTROPY, "policy entropy (nats)"), (SAMPLE_LEN, "sampled length (tokens)"))
+    return _plot_runs(cfg, report, png, panels, STEP, "update of the RL stage (MLE continued: its updates)")
+
+
+def _plot_vaml(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
+    """Validation BLEU against the epoch of fine-tuning, one colour per row, every seed a line."""
+    from rayseq.metrics import BLEU_VALID, EPOCH
+
+    return _plot_runs(cfg, report, png, ((BLEU_VALID, "validation BLEU"),), EPOCH, "epoch of fine-tuning from the MLE actor")
 
 
 def _render_vaml(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
@@ -405,35 +423,6 @@ def _render_vaml(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
             lines.append(f"| {key} | {q.get('source', '–')} | {q.get('updates', '–')} | "
                          + " | ".join(f"{q[k]:.3f}" if isinstance(q.get(k), (int, float)) else "–" for k in keys) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _plot_vaml(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path:
-    """Validation BLEU against the epoch of fine-tuning, one colour per row, every seed a line."""
-    from rayseq.metrics import BLEU_VALID, EPOCH, read_metrics
-
-    fig = _figure()
-    ax = fig.subplots()
-    colours = {label: f"C{i % 10}" for i, label in enumerate(cfg.labels)}
-    labelled: set[str] = set()
-    for run in report["runs"]:
-        metrics = Path(run.get("run_dir") or "") / "metrics.jsonl"
-        label = run.get("label", run["algo"])
-        if run["status"] != "ok" or not metrics.is_file() or label not in colours or label == "mle":
-            continue
-        pts = [(r[EPOCH], r[BLEU_VALID]) for r in read_metrics(metrics)
-               if isinstance(r.get(BLEU_VALID), (int, float)) and math.isfinite(r[BLEU_VALID]) and EPOCH in r]
-        if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=colours[label], markersize=3, linewidth=1,
-                    alpha=0.85, label=None if label in labelled else label)
-            labelled.add(label)
-    _mle_hline(ax, report, "valid_bleu")
-    ax.set(xlabel="epoch of fine-tuning from the MLE actor", ylabel="validation BLEU", title="validation BLEU")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
-    fig.tight_layout()
-    return save_png(fig, png)
 
 
 PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
