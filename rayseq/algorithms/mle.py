@@ -21,13 +21,32 @@ PAD = 0
 
 
 @dataclass
-class ActorStartConfig:
-    """Where a supervised run (MLE, RAML, VAML's step 2) starts and how many updates it may make.
+class SupervisedConfig:
+    """What MLE, RAML and VAML's step 2 share: the SGD optimiser, the official validation-driven lr
+    schedule, decoding for validation, the seed, and where the actor starts and how long it trains.
 
     With ``actor_init`` the run fine-tunes a trained actor: "MLE continued" (the baseline that gets an
     RL stage's extra updates) and RAML / VAML started from the same MLE actor as the RL runs.
     """
 
+    lr: float = 0.6
+    """SGD learning rate of the actor (initial; decayed by ``PlateauSchedule``)."""
+    batch_size: int = 50
+    """Sources per update (B)."""
+    max_epochs: int = 30
+    """Upper limit on training epochs."""
+    lr_decay: float = 0.5
+    """Factor applied to lr after a validation without improvement."""
+    max_decays: int = 6
+    """Number of lr decays allowed; the next non-improvement ends training."""
+    grad_clip: float = 5.0
+    """Max global L2 norm of the actor's gradient."""
+    beam_size: int = 5
+    """Beam size for validation / test decoding (no length normalisation)."""
+    max_decode_len: int = 100
+    """Max hypothesis length when decoding for evaluation."""
+    seed: int = 1234
+    """Random seed (the official default): batch order, samples, corruptions, the mix."""
     actor_init: str | None = None
     """Start from this actor (a run directory's best actor, or an actor file) instead of random
     weights. Its validation BLEU counts as epoch 0, so the best actor is never worse than the start."""
@@ -41,48 +60,29 @@ class ActorStartConfig:
     """Validate (keep the best actor, step the lr schedule) every this many updates; 0: after each
     epoch. "MLE continued" uses the RL stage's ``algo.valid_every``."""
 
-    def check_start(self) -> None:
-        """Raise ``ValueError`` naming the field when a budget or validation interval is negative."""
+    def __post_init__(self) -> None:
+        self.check_supervised()
+
+    def check_supervised(self) -> None:
+        """Raise ``ValueError`` naming the class and field of the first shared setting out of range."""
         name = type(self).__name__
+        if self.lr <= 0:
+            raise ValueError(f"{name}.lr must be > 0; got {self.lr}")
+        if not 0.0 < self.lr_decay < 1.0:
+            raise ValueError(f"{name}.lr_decay must be in (0, 1); got {self.lr_decay}")
+        if self.max_decays < 0:
+            raise ValueError(f"{name}.max_decays must be >= 0; got {self.max_decays}")
+        for field_name in ("batch_size", "max_epochs", "beam_size", "max_decode_len"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"{name}.{field_name} must be >= 1; got {getattr(self, field_name)}")
         if self.budget_epochs < 0 or self.valid_every_updates < 0:
             raise ValueError(f"{name}.budget_epochs and valid_every_updates must be >= 0 (0: off); got "
                              f"{self.budget_epochs} and {self.valid_every_updates}")
 
 
 @dataclass
-class MLEConfig(ActorStartConfig):
-    """Hyper-parameters of MLE training (official defaults)."""
-
-    lr: float = 0.6
-    """SGD learning rate (initial; decayed by ``PlateauSchedule``)."""
-    batch_size: int = 50
-    """Source/reference pairs per batch (B)."""
-    max_epochs: int = 30
-    """Upper limit on training epochs."""
-    lr_decay: float = 0.5
-    """Factor applied to lr after a validation without improvement."""
-    max_decays: int = 6
-    """Number of lr decays allowed; the next non-improvement ends training."""
-    grad_clip: float = 5.0
-    """Max global L2 norm of the gradient."""
-    beam_size: int = 5
-    """Beam size for validation / test decoding (no length normalisation)."""
-    max_decode_len: int = 100
-    """Max hypothesis length when decoding for evaluation."""
-    seed: int = 1234
-    """Random seed (the official default)."""
-
-    def __post_init__(self) -> None:
-        self.check_start()
-        if self.lr <= 0:
-            raise ValueError(f"MLEConfig.lr must be > 0; got {self.lr}")
-        if not 0.0 < self.lr_decay < 1.0:
-            raise ValueError(f"MLEConfig.lr_decay must be in (0, 1); got {self.lr_decay}")
-        if self.max_decays < 0:
-            raise ValueError(f"MLEConfig.max_decays must be >= 0; got {self.max_decays}")
-        for name in ("batch_size", "max_epochs", "beam_size", "max_decode_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MLEConfig.{name} must be >= 1; got {getattr(self, name)}")
+class MLEConfig(SupervisedConfig):
+    """Hyper-parameters of MLE training (official defaults; all in :class:`SupervisedConfig`)."""
 
 
 class SeqLoss(NamedTuple):

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 
 from envs.rewards import prefix_bleu_batch
-from rayseq.algorithms.mle import PAD, ActorStartConfig, SeqLoss, sequence_nll
+from rayseq.algorithms.mle import PAD, SeqLoss, SupervisedConfig, sequence_nll
 
 N_SPECIALS = 4  # <pad>=0 <unk>=1 <bos>=2 <eos>=3
 SAMPLERS = ("ngram", "payoff")
 
 
 @dataclass
-class RAMLConfig(ActorStartConfig):
+class RAMLConfig(SupervisedConfig):
     """Hyper-parameters of RAML training (official defaults; IMPLEMENTATION_NOTES "RAML")."""
 
     num_samples: int = 4
@@ -61,25 +61,12 @@ class RAMLConfig(ActorStartConfig):
     """Sentence-BLEU smoothing for the weights (``envs.rewards``; "plus1" = official)."""
     n_specials: int = N_SPECIALS
     """Ids [0, n_specials) are special and never sampled as substitutes."""
-    lr: float = 0.6
-    """SGD learning rate."""
     batch_size: int = 42
-    """Sources per batch (B); the model sees B·K sequences."""
-    max_epochs: int = 30
-    """Upper limit on training epochs."""
-    lr_decay: float = 0.5
-    """lr factor after a validation without improvement (``PlateauSchedule``)."""
-    max_decays: int = 6
-    """Decays allowed before the next non-improvement stops training."""
-    grad_clip: float = 5.0
-    """Max global L2 norm of the gradient."""
-    beam_size: int = 5
-    """Beam size for validation / test decoding."""
-    seed: int = 1234
-    """Random seed (samplers use a numpy Generator seeded from it)."""
+    """Sources per batch (B); the model sees B·K sequences. (The optimiser, schedule, decoding and
+    start fields are :class:`rayseq.algorithms.mle.SupervisedConfig`'s.)"""
 
     def __post_init__(self) -> None:
-        self.check_start()
+        self.check_supervised()
         if self.sampler not in SAMPLERS:
             raise ValueError(f"RAMLConfig.sampler={self.sampler!r}; use one of {SAMPLERS}")
         if self.num_samples < 0 or (self.num_samples == 0 and not self.include_reference):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rayseq.algorithms.mle import ActorStartConfig
+from rayseq.algorithms.mle import SupervisedConfig
 from rayseq.algorithms.raml import N_SPECIALS, SAMPLERS, RAMLConfig
 from rayseq.models.base import BOS, PAD
 
@@ -41,7 +41,7 @@ MIX_MODES = ("bernoulli", "expected")
 
 
 @dataclass
-class VAMLConfig(ActorStartConfig):
+class VAMLConfig(SupervisedConfig):
     """Hyper-parameters of VAML (official defaults; IMPLEMENTATION_NOTES "VAML")."""
 
     tau: float = 0.4
@@ -99,27 +99,12 @@ class VAMLConfig(ActorStartConfig):
     """Ids [0, n_specials) are never sampled as substitutes (RAML samples and corruptions)."""
     exclude_tokens: tuple[int, ...] = (PAD, BOS)
     """Never actions: excluded from V_φ's logsumexp and from P_Qφ."""
-    lr: float = 0.6
-    """SGD learning rate of the actor (RAML's)."""
     batch_size: int = 42
-    """Sources per actor update (RAML's); the actor sees B·K sequences."""
-    max_epochs: int = 30
-    """Upper limit on actor training epochs."""
-    lr_decay: float = 0.5
-    """Actor lr factor after a validation without improvement."""
-    max_decays: int = 6
-    """Decays allowed before the next non-improvement stops training."""
-    grad_clip: float = 5.0
-    """Max global L2 norm of the actor gradient."""
-    beam_size: int = 5
-    """Beam size for validation / test decoding."""
-    max_decode_len: int = 100
-    """Decoder steps at most when decoding (validation, the Q-net's greedy check)."""
-    seed: int = 1234
-    """Seeds the corruptions, the RAML samples and the Bernoulli mix."""
+    """Sources per actor update (RAML's); the actor sees B·K sequences. (The actor's optimiser,
+    schedule, decoding and start fields are :class:`rayseq.algorithms.mle.SupervisedConfig`'s.)"""
 
     def __post_init__(self) -> None:
-        self.check_start()
+        self.check_supervised()
         if not self.tau > 0:
             raise ValueError(f"VAMLConfig.tau={self.tau}: must be > 0 (Eq. 10 divides by τ).")
         if not 0.0 <= self.corrupt_prob <= 1.0:

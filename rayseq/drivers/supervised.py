@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rayseq.actor_io import load_actor, resolve_actor
-from rayseq.algorithms.mle import ActorStartConfig, PlateauSchedule
+from rayseq.algorithms.mle import SupervisedConfig, PlateauSchedule
 from rayseq.config import RunConfig
 from rayseq.drivers.stage import Run, open_run, say, stage_updates
 from rayseq.metrics import BLEU_VALID, EPOCH_TIME_S, LR, TOKENS_PER_S, TOKENS_TOTAL
@@ -73,7 +73,7 @@ def epoch_loop(run: Run, extra: Mapping[str, Any] | None = None, train_actor: bo
     algo.set_lr(schedule.lr)
     epoch, step = state.get("epoch", 0), int(algo.num_updates)
     best_epoch = state.get("best_epoch")
-    a: ActorStartConfig = cfg.algo_config
+    a: SupervisedConfig = cfg.algo_config
     budget = stage_updates(a.budget_epochs, len(run.task.split("train")), cfg.batch_size) if a.budget_epochs else 0
     valid_every = int(a.valid_every_updates)
     step0 = int(state.get("actor_step0", step))  # updates made before the actor epochs (VAML: its Q-net's)

@@ -198,11 +198,11 @@ class TrialSpec:
 def needs_mle_actor(algo: str) -> bool:
     """Whether ``algo`` always starts from an MLE actor: its config has ``actor_init`` and it is not a
     supervised algorithm (MLE, RAML, VAML train from scratch unless an arm says ``from_mle``)."""
-    from rayseq.algorithms.mle import ActorStartConfig
+    from rayseq.algorithms.mle import SupervisedConfig
     from rayseq.registry import get_algorithm
 
     cls = get_algorithm(algo).config_cls
-    return any(f.name == "actor_init" for f in fields(cls)) and not issubclass(cls, ActorStartConfig)
+    return any(f.name == "actor_init" for f in fields(cls)) and not issubclass(cls, SupervisedConfig)
 
 
 def starts_from_mle(arm: Arm) -> bool:
