@@ -126,11 +126,12 @@ def test_vaml_protocol_fine_tunes_mle_raml_and_vaml_from_one_mle_actor_with_one_
                            out=str(tmp_path), shared_mle=True, shared_qnet=True, overrides=["batch_size=100"])
     assert cfg.labels == ["mle", "mle (continued)", "raml (from mle)", "vaml (from mle)"]
     phases = trial_specs(cfg)
-    assert list(phases) == ["mle", "critic", "main"]
+    assert list(phases) == ["mle", "main"]  # the Q-net needs no actor: it trains beside the MLE run
     actor = str(tmp_path / "mle-seed1234" / "actor_best.pt")
-    assert [q.key for q in phases["critic"]] == ["qnet-vaml-seed1234"]
-    qnet = phases["critic"][0]
-    assert qnet.overrides[-2:] == [f"algo.actor_init={actor}", "algo.qnet_only=true"]
+    assert [q.key for q in phases["mle"]] == ["mle-seed1234", "qnet-vaml-seed1234"]
+    qnet = phases["mle"][1]
+    assert qnet.overrides[-1] == "algo.qnet_only=true" and qnet.actor_init is None
+    assert not any(o.startswith("algo.actor_init=") for o in qnet.overrides)
     main = {s.key: s for s in phases["main"]}
     assert list(main) == [f"{a}-seed{s}" for a in ("mle-continued", "raml-from-mle", "vaml-from-mle") for s in (1234, 1235)]
     for key, spec in main.items():

@@ -119,8 +119,8 @@ def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session
 
 
 def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
-    """``reproduce vaml --shared-mle --shared-qnet`` on the toy task, 2 seeds: one MLE run, one Q-net run
-    (step 1 only), then MLE continued, RAML and VAML from that actor for the same 6 updates (0.02 of 300
+    """``reproduce vaml --shared-mle --shared-qnet`` on the toy task, 2 seeds: one MLE run and, beside it
+    in the same phase, one Q-net run (step 1 only, no actor), then MLE continued, RAML and VAML from that actor for the same 6 updates (0.02 of 300
     an epoch), validated every 3; every VAML run trains with the one Q-net and makes no Q-net update."""
     from rayseq.experiments.paper import Grid, reproduce
     from rayseq.metrics import BLEU_VALID, read_metrics
@@ -130,8 +130,9 @@ def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
                 "vaml:algo.num_samples=1"]
     report = reproduce("vaml", "toy", seeds=2, out=str(out), preset="cpu", grid=Grid(finetune_epochs=0.02, finetune_checks=100),
                        overrides=[*RUN2, *settings], shared_mle=True, shared_qnet=True, max_concurrent=2)
-    assert [r["key"] for r in report["mle_runs"]] == ["mle-seed1234"]
+    assert [r["key"] for r in report["mle_runs"]] == ["mle-seed1234"] and report["mle_reference"]["ok"] == 1
     assert [r["key"] for r in report["critic_runs"]] == ["qnet-vaml-seed1234"]
+    assert list(report["tune"]) == ["mle", "main"]
     assert all(r["status"] == "ok" for r in report["runs"] + report["critic_runs"]), report["runs"]
     qnet_dir = out / "qnet-vaml-seed1234"
     qnet = _results(qnet_dir)

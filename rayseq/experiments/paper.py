@@ -34,7 +34,7 @@ from rayseq.experiments.report import (
     summarize,
 )
 from rayseq.experiments.runner import run_experiment
-from rayseq.experiments.spec import PHASE_CRITIC, PHASE_MLE, Arm, ExperimentConfig
+from rayseq.experiments.spec import PHASE_CRITIC, PHASE_MLE, Arm, ExperimentConfig, split_mle_phase
 from rayseq.run_dir import atomic_write_bytes, atomic_write_json
 
 BETAS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
@@ -465,7 +465,7 @@ def reproduce(name: str, task: str, seeds: int | None = None, grid: Grid | None 
     out = Path(cfg.out)
     result = run_experiment(cfg)
     records = table_records(cfg, result["phases"])
-    mle_runs = result["phases"].get(PHASE_MLE, [])
+    mle_runs, qnet_runs = split_mle_phase(result["phases"].get(PHASE_MLE, []))
     mle_ok = [r for r in mle_runs if r["status"] == "ok"]
     hardware = result["hardware"] or _previous_hardware(out / f"{name}.json")
     report = {
@@ -473,7 +473,7 @@ def reproduce(name: str, task: str, seeds: int | None = None, grid: Grid | None 
         "seeds": cfg.seeds, "arms": cfg.labels, "overrides": cfg.overrides,
         "grid": {k: (list(v) if isinstance(v := getattr(grid, k), tuple) else v) for k in exp.grid_keys},
         "rows": summarize(cfg.labels, records), "runs": records, "mle_runs": mle_runs,
-        "critic_runs": result["phases"].get(PHASE_CRITIC, []),
+        "critic_runs": qnet_runs + result["phases"].get(PHASE_CRITIC, []),
         "mle_reference": {"ok": len(mle_ok), "valid_bleu": stats([r["valid_bleu"] for r in mle_ok]),
                           "test_bleu": stats([r["test_bleu"] for r in mle_ok])} if mle_ok else None,
         "diverged": [r["key"] for r in records if diverged(r)],

@@ -107,9 +107,10 @@ class ExperimentConfig:
 
     shared_qnet: bool = False
     """One VAML step 1 (the Q-net, ``algo.qnet_only``) per distinct Q-net setting (``qnet_setting``),
-    run once (``OUT/qnet-ALGO-seedS``, the first seed) in the ``critic`` phase; every seed's VAML run
-    of that setting trains its actor with it (``algo.qnet_init``). The Q-net reads the corrupted
-    references only, not the actor, so sharing it changes no run's step 2."""
+    run once (``OUT/qnet-ALGO-seedS``, the first seed) in the ``mle`` phase, beside the MLE runs;
+    every seed's VAML run of that setting trains its actor with it (``algo.qnet_init``). The Q-net
+    reads the corrupted references only, not the actor, so it needs no MLE actor and sharing it
+    changes no run's step 2."""
 
     def __post_init__(self) -> None:
         from rayseq.data.tasks import TASKS
@@ -278,6 +279,16 @@ def qnet_setting(cfg: ExperimentConfig, arm: Arm) -> str | None:
     return json.dumps({"algo": algo, "run": rest}, sort_keys=True, default=str)
 
 
+QNET_PREFIX = "qnet-"
+"""Key prefix of a shared Q-net run (``--shared-qnet``), which runs in the MLE phase."""
+
+
+def split_mle_phase(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The MLE phase's records as (MLE runs, shared Q-net runs)."""
+    qnets = [r for r in records if str(r.get("key", "")).startswith(QNET_PREFIX)]
+    return [r for r in records if r not in qnets], qnets
+
+
 def mle_key(seed: int) -> str:
     return f"{MLE}-seed{seed}"
 
@@ -310,18 +321,17 @@ def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
     qnets: dict[str, TrialSpec] = {}  # Q-net setting → its step-1 run
     if cfg.shared_critic or cfg.shared_qnet:
         phases = {PHASE_MLE: phases[PHASE_MLE], PHASE_CRITIC: [], PHASE_MAIN: []}
-    if cfg.shared_qnet:
+    if cfg.shared_qnet:  # step 1 needs no actor: it runs beside the MLE runs, in their phase
         for arm in cfg.arms:
             setting = qnet_setting(cfg, arm)
             if setting is not None and setting not in qnets:
-                mle_dir = out / mle_key(mle_seeds[0]) if phases[PHASE_MLE] else None
-                qnet = spec(arm, mle_seeds[0], PHASE_CRITIC, mle_dir)
-                qnet.key = f"qnet-{arm.algo}-seed{mle_seeds[0]}"
+                qnet = spec(arm, mle_seeds[0], PHASE_MLE, None)
+                qnet.key = f"{QNET_PREFIX}{arm.algo}-seed{mle_seeds[0]}"
                 qnet.run_dir = str(out / qnet.key)
                 qnet.label = f"Q-net of {arm.label}"
-                qnet.overrides.append("algo.qnet_only=true")  # step 1; the start actor is only tested
+                qnet.overrides.append("algo.qnet_only=true")  # step 1; no actor is trained
                 qnets[setting] = qnet
-                phases[PHASE_CRITIC].append(qnet)
+                phases[PHASE_MLE].append(qnet)
     if cfg.shared_critic:
         for arm in cfg.arms:
             setting = critic_setting(cfg, arm)
@@ -356,6 +366,7 @@ __all__ = [
     "PHASE_MAIN",
     "PHASE_MLE",
     "QNET_FIELDS",
+    "QNET_PREFIX",
     "Arm",
     "ExperimentConfig",
     "TrialSpec",
@@ -363,6 +374,7 @@ __all__ = [
     "mle_key",
     "needs_mle_actor",
     "qnet_setting",
+    "split_mle_phase",
     "starts_from_mle",
     "overrides_for",
     "trial_specs",
