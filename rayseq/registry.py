@@ -35,6 +35,10 @@ DRIVERS: dict[str, str] = {
 STARTS_FROM_MLE = (ACTOR_CRITIC, SWAPIN)
 """Driver kinds whose runs start from an MLE actor (``algo.actor_init`` or their own MLE stage)."""
 
+SAMPLES_WITH_WORKERS = (ACTOR_CRITIC, SWAPIN)
+"""Driver kinds whose runs sample on ``num_rollout_workers`` rollout workers (MLE, RAML and VAML
+train on dataset batches in the learner and start none)."""
+
 
 def _resolve(path: str) -> Any:
     module, name = path.split(":")
@@ -62,6 +66,11 @@ class AlgorithmEntry:
     def driver(self) -> Callable[..., dict[str, Any]]:
         """The training driver ``(cfg, resume=False, address=None) -> results`` (imported now)."""
         return _resolve(DRIVERS[self.kind])
+
+    @property
+    def uses_rollout_workers(self) -> bool:
+        """Whether its runs start ``num_rollout_workers`` rollout workers."""
+        return self.kind in SAMPLES_WITH_WORKERS
 
     @property
     def starts_from_mle(self) -> bool:

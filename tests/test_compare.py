@@ -148,11 +148,14 @@ def test_vaml_protocol_fine_tunes_mle_raml_and_vaml_from_one_mle_actor_with_one_
 def test_trial_resources_come_from_the_run_config():
     from rayseq.algorithms.erac import ERACConfig
     from rayseq.algorithms.mle import MLEConfig
+    from rayseq.algorithms.vaml import VAMLConfig
     from rayseq.config import build_run_config
 
     mle = build_run_config("mle", MLEConfig, "cpu", "toy", [], num_rollout_workers=4)
     assert trial_bundles(mle, 0.0) == [{"CPU": 1.0}]  # no rollout workers for a supervised algorithm
     assert trial_bundles(mle, 0.25) == [{"CPU": 1.0, "GPU": 0.25}]  # its learner lives in the driver: a quarter GPU
+    vaml = build_run_config("vaml", VAMLConfig, "cpu", "toy", [], num_rollout_workers=2)
+    assert trial_bundles(vaml, 0.0) == [{"CPU": 1.0}]  # VAML trains on dataset batches too: no workers reserved
     erac = build_run_config("erac", ERACConfig, "cpu", "toy", ["learner_resource=gpu_learner"], num_learners=2,
                             num_rollout_workers=3)
     assert trial_bundles(erac, 0.5, {"node_a": 1.0}) == [

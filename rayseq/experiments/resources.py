@@ -7,7 +7,8 @@ group (``tune.PlacementGroupFactory``) has one bundle per process:
   ``num_gpus_per_learner``, fractional GPUs included), plus ``trial_resources``;
 * each remote learner (``num_learners``): ``num_gpus_per_learner`` GPUs, 1 CPU when it has no GPU
   (RLlib's ``num_cpus_per_learner="auto"``), and 0.001 of ``learner_resource`` when set;
-* each rollout worker (RL algorithms' ``num_rollout_workers``): 1 CPU.
+* each rollout worker (``num_rollout_workers`` of the actor-critic family and the swap-ins; MLE, RAML
+  and VAML start none): 1 CPU.
 
 Tune starts a trial once its whole group fits, so a cluster runs trials side by side and a laptop
 queues them. Bundles are packed onto as few nodes as possible (``PACK``), spilling over when they
@@ -25,14 +26,14 @@ STRATEGY = "PACK"
 
 def trial_bundles(cfg: Any, gpus_per_learner: float, trial_resources: dict[str, float] | None = None) -> list[dict[str, float]]:
     """The bundles of one run (``cfg``: its ``rayseq.config.RunConfig``), ``gpus_per_learner`` resolved."""
-    from rayseq.registry import SUPERVISED, get_algorithm
+    from rayseq.registry import get_algorithm
 
     g = float(gpus_per_learner)
     driver: dict[str, float] = {"CPU": 1.0, **(trial_resources or {})}
     if cfg.num_learners == 0 and g > 0:
         driver["GPU"] = g
     learner: dict[str, float] = {"CPU": 0.0 if g > 0 else 1.0, "GPU": g, **cfg.custom_resources_per_learner()}
-    workers = 0 if get_algorithm(cfg.algo).kind == SUPERVISED else cfg.num_rollout_workers
+    workers = cfg.num_rollout_workers if get_algorithm(cfg.algo).uses_rollout_workers else 0
     bundles = [driver] + [dict(learner) for _ in range(cfg.num_learners)] + [{"CPU": 1.0} for _ in range(workers)]
     return [{k: v for k, v in b.items() if v} for b in bundles]
 
