@@ -120,8 +120,8 @@ def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session
 
 def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
     """``reproduce vaml --shared-mle --shared-qnet`` on the toy task, 2 seeds: one MLE run and, beside it
-    in the same phase, one Q-net run (step 1 only, no actor), then MLE continued, RAML and VAML from that actor for the same 6 updates (0.02 of 300
-    an epoch), validated every 3; every VAML run trains with the one Q-net and makes no Q-net update."""
+    in the same phase, one Q-net run (step 1 only, no actor), then MLE continued, RAML and VAML from
+    that actor for the same 6 updates (0.02 of 300 an epoch), validated every 3; every VAML run trains with the one Q-net and makes no Q-net update."""
     from rayseq.experiments.paper import Grid, reproduce
     from rayseq.metrics import BLEU_VALID, read_metrics
 

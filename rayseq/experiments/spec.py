@@ -319,7 +319,7 @@ def trial_specs(cfg: ExperimentConfig) -> dict[str, list[TrialSpec]]:
         phases[PHASE_MLE] = [spec(Arm(MLE), seed, PHASE_MLE, None) for seed in mle_seeds]
     critics: dict[str, TrialSpec] = {}  # critic setting → its pretraining run
     qnets: dict[str, TrialSpec] = {}  # Q-net setting → its step-1 run
-    if cfg.shared_critic or cfg.shared_qnet:
+    if cfg.shared_critic:
         phases = {PHASE_MLE: phases[PHASE_MLE], PHASE_CRITIC: [], PHASE_MAIN: []}
     if cfg.shared_qnet:  # step 1 needs no actor: it runs beside the MLE runs, in their phase
         for arm in cfg.arms:
