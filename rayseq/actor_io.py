@@ -266,6 +266,12 @@ CRITIC_FORMAT = "rayseq-critic/1"
 CRITIC_FILE = "critic_best.pt"
 """The best pretrained critic of an actor-critic run (its held-out TD error was lowest)."""
 
+QNET_FORMAT = "rayseq-qnet/1"
+"""Format tag of VAML's Q-net file (the critic's shape; Q of Eq. 16 instead of the actor's Q^π)."""
+
+QNET_FILE = "qnet.pt"
+"""The Q-net a VAML run trained (the best by held-out Eq. 16 error) or used (``algo.qnet_init``)."""
+
 
 def save_critic_file(path: PathLike, state_dict: dict[str, Any], critic_config: dict[str, Any], meta: dict[str, Any],
                      fmt: str = CRITIC_FORMAT) -> Path:
@@ -288,4 +294,38 @@ def load_critic_file(path: PathLike, fmt: str = CRITIC_FORMAT) -> dict[str, Any]
         raise DataError(f"{path}: not a readable critic file ({err}).") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         raise DataError(f"{path}: not a {fmt} file (format {obj.get('format') if isinstance(obj, dict) else None!r}).")
+    return obj
+
+
+def find_q_file(spec: PathLike, key: str) -> Path:
+    """The critic (``critic_best.pt``) or VAML Q-net (``qnet.pt``) file ``spec`` names, itself or
+    in the run dir it names; DataError naming the setting ``key`` when there is none."""
+    path = Path(spec)
+    if path.is_dir():
+        found = [path / name for name in (CRITIC_FILE, QNET_FILE) if (path / name).is_file()]
+        if not found:
+            raise DataError(f"{key}={spec}: the directory holds neither {CRITIC_FILE} nor {QNET_FILE}; name an "
+                            f"actor-critic run (after critic pretraining) or a VAML run, or one of those files.")
+        path = found[0]
+    if not path.is_file():
+        raise DataError(f"{key}={spec}: no such file; name a {CRITIC_FILE} or {QNET_FILE}, or the run dir holding it.")
+    return path
+
+
+def load_q_weights(spec: PathLike, want: dict[str, Any], key: str) -> dict[str, Any]:
+    """The file :func:`save_critic_file` wrote for a critic or a VAML Q-net (:func:`find_q_file`),
+    checked against the shape ``want`` (``asdict(CriticConfig)``) of the run that reads it; ``key``
+    names the setting in errors."""
+    path = find_q_file(spec, key)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 — any unreadable file is the user's to fix
+        raise DataError(f"{key}={path}: not a readable critic or Q-net file ({err}).") from None
+    if not isinstance(obj, dict) or obj.get("format") not in (CRITIC_FORMAT, QNET_FORMAT):
+        raise DataError(f"{key}={path}: not a {CRITIC_FORMAT} or {QNET_FORMAT} file.")
+    have = obj.get("critic_config", {})
+    diffs = [f"{k}: file {have.get(k)!r} vs run {v!r}" for k, v in want.items() if have.get(k) != v]
+    if diffs:
+        raise DataError(f"{key}={path}: its network does not fit this run ({'; '.join(diffs)}); use one trained "
+                        f"with the same task and model settings.")
     return obj

@@ -113,6 +113,37 @@ def test_a_shared_pretrained_critic_skips_pretraining(tmp_path, mle_run):
 
 
 @pytest.mark.ray
+def test_critic_pretraining_warm_started_from_a_critic_or_a_qnet(tmp_path, mle_run):
+    from rayseq.data.errors import DataError
+    from rayseq.train import train
+
+    first = tmp_path / "first"
+    train(_ac("erac", first, mle_run))
+    best = load_critic_file(first / CRITIC_FILE)["meta"][CRITIC_VALID_TD]
+    # from a pretrained critic: scored before the first update, it is that critic (same held-out samples)
+    warm = tmp_path / "warm"
+    results = train(_ac("erac", warm, mle_run, f"algo.critic_warm_start={first / CRITIC_FILE}"))
+    start = [r for r in _records(warm) if CRITIC_VALID_TD in r][0]
+    assert start["step"] == 0 and "critic/best_valid_td" not in start
+    assert start[CRITIC_VALID_TD] == pytest.approx(best, rel=1e-5)
+    assert results["critic_updates"] > 0  # and then it is pretrained as configured
+    # from a VAML run's Q-net (its run dir): the same shape, its own format
+    vaml = tmp_path / "vaml"
+    train(build_run_config("vaml", get_algorithm("vaml").config_cls, "cpu", "toy",
+                           ["algo.qnet_only=true", "algo.qnet_epochs=0.5", "algo.qnet_valid_sentences=20",
+                            "valid_max_sentences=20"], out=str(vaml)))
+    from_q = tmp_path / "from_qnet"
+    results = train(_ac("erac", from_q, mle_run, f"algo.critic_warm_start={vaml}"))
+    assert [r for r in _records(from_q) if CRITIC_VALID_TD in r][0]["step"] == 0
+    assert np.isfinite(results["joint_start"][CRITIC_VALID_TD])
+    # a directory holding neither file: one error naming the setting, and no run left behind
+    bad = tmp_path / "bad"
+    with pytest.raises(DataError, match="algo.critic_warm_start=.*neither critic_best.pt nor qnet.pt"):
+        train(_ac("erac", bad, mle_run, f"algo.critic_warm_start={tmp_path}"))
+    assert not bad.exists()
+
+
+@pytest.mark.ray
 def test_mle_continued_starts_from_the_actor_and_never_ends_below_it(tmp_path, mle_run):
     from rayseq.train import train
 
@@ -129,7 +160,7 @@ def test_mle_continued_starts_from_the_actor_and_never_ends_below_it(tmp_path, m
 
 @pytest.mark.ray
 def test_qnet_stage_keeps_the_best_qnet_and_decays_on_plateau(tmp_path, ray_session):
-    from rayseq.drivers.vaml import QNET_FILE
+    from rayseq.actor_io import QNET_FILE
     from rayseq.train import train
 
     run = tmp_path / "vaml"

@@ -388,7 +388,7 @@ def test_resume_mid_joint_stage(tmp_path, mle_run, monkeypatch, nth):
 def test_resume_mid_vaml_qnet_stage(tmp_path, ray_session, monkeypatch):
     """Killed in the Q-net stage (2 passes of 6 updates) after pass 2 was logged: the resumed run
     redoes pass 2 once, finishes the stage (12 updates) and the actor epoch (6 updates)."""
-    from rayseq.drivers.vaml import QNET_FILE
+    from rayseq.actor_io import QNET_FILE
     from rayseq.train import train
 
     run = tmp_path / "vaml"
@@ -573,7 +573,7 @@ def test_vaml_qnet_only_then_vaml_from_an_mle_actor_with_that_qnet(tmp_path, mle
     """The shared Q-net of the ``vaml`` protocol: ``algo.qnet_only`` trains step 1 (6 updates), trains no
     actor and tests the start actor; a VAML run from the MLE actor with ``algo.qnet_init`` = that run
     makes no Q-net update and spends its whole budget (3 updates) on the actor."""
-    from rayseq.drivers.vaml import QNET_FILE
+    from rayseq.actor_io import QNET_FILE
     from rayseq.train import train
 
     qrun = tmp_path / "qnet"

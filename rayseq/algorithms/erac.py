@@ -99,6 +99,13 @@ class ERACConfig:
     ``critic_best.pt``, or that file): critic pretraining is skipped. Several seeds of the same
     algorithm can share one pretrained critic this way (it must have been trained against the same
     start actor, with the same τ of the critic target)."""
+    critic_warm_start: str | None = None
+    """Weights critic pretraining starts from instead of random ones: a critic (``critic_best.pt``)
+    or a VAML Q-net (``qnet.pt``), or a run dir holding one, of the same shape. A Q-net already
+    ranks the next reference token first (Eq. 16 taught it on corrupted references); its values
+    carry VAML's larger τ, a per-state offset that pretraining moves and that the actor's gradient
+    does not see. Pretraining then runs as configured (its held-out checks, its plateau); with
+    ``critic_init`` (no pretraining) it is not read."""
     critic_valid_every: int = 0
     """Score the critic on held-out samples of the frozen actor every this many pretraining
     updates (its TD error decides the best critic and the lr decay); 0 = every epoch."""

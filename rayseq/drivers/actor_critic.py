@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rayseq.actor_io import CRITIC_FILE, load_actor, load_critic_file, save_critic_file
+from rayseq.actor_io import CRITIC_FILE, load_actor, find_q_file, load_critic_file, load_q_weights, save_critic_file
 from rayseq.algorithms.erac import ERACConfig
 from rayseq.algorithms.mle import PlateauSchedule
 from rayseq.config import RunConfig
@@ -121,6 +121,14 @@ def critic_stage(run: Run, step: int, per_epoch: float) -> tuple[int, int]:
         say(f"[critic stage] at most {n_critic - done} updates of critic pretraining (actor frozen), "
             f"held-out check every {chunk}")
     actor = run.actor()
+    if ac.critic_warm_start and done == 0:  # a resumed run has its own weights
+        obj = load_q_weights(ac.critic_warm_start, asdict(critic_config(run)), "algo.critic_warm_start")
+        algo.load_critic(obj["state_dict"])
+        metrics = score(run, actor, obj["state_dict"], "critic")
+        run.writer.log(step, step / per_epoch, metrics)
+        say(f"[critic stage] starts from {ac.critic_warm_start} ({obj['format']}): held-out TD "
+            f"{metrics[CRITIC_VALID_TD]:.4f}, top-1 {metrics[CRITIC_TOP1_ACC]:.3f}, rank corr "
+            f"{metrics[CRITIC_MC_RANK_CORR]:.2f}, eos margin {metrics[CRITIC_EOS_MARGIN]:.2f}")
     best_file = run.run_dir / CRITIC_FILE
     while done < n_critic and not schedule.should_stop:
         t0 = time.perf_counter()
@@ -243,6 +251,8 @@ def build(cfg: RunConfig, task: Task, start: Any) -> Any:
 
 def train_actor_critic(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) the MLE → critic → joint pipeline; returns the contents of ``results.json``."""
+    if getattr(cfg.algo_config, "critic_warm_start", None):
+        find_q_file(cfg.algo_config.critic_warm_start, "algo.critic_warm_start")  # before a run dir exists
     with open_run(cfg, resume, address, build, start_stage=(MLE_STAGE, mle_stage)) as run:
         if not run.state:
             run.algo.load_actor(load_actor(run.start["actor"]).model.state_dict())

@@ -37,7 +37,7 @@ from rayseq.algorithms.vaml import (
     soft_q_loss,
     soft_q_target,
 )
-from rayseq.actor_io import load_critic_file, save_critic_file
+from rayseq.actor_io import QNET_FILE, QNET_FORMAT, load_critic_file, save_critic_file
 from rayseq.config import RunConfig
 from rayseq.data.errors import DataError
 from rayseq.data.tasks import Task
@@ -62,8 +62,6 @@ from rayseq.replay import run_replay_key
 from rayseq.rollout import collate
 from rayseq.run_dir import read_run_json
 
-QNET_FILE = "qnet.pt"
-QNET_FORMAT = "rayseq-qnet/1"
 
 
 def qnet_config(cfg: RunConfig, task: Task) -> CriticConfig:
