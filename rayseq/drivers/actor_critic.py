@@ -78,7 +78,8 @@ def critic_config(run: Run) -> CriticConfig:
 def critic_model(run: Run, weights: Mapping[str, Any]) -> Critic:
     """The critic with ``weights`` as a plain model on the driver."""
     critic = Critic(critic_config(run))
-    critic.load_state_dict({k: torch.tensor(np.array(v)) for k, v in weights.items()})  # copies
+    critic.load_state_dict({k: v.detach().clone() if isinstance(v, torch.Tensor) else torch.tensor(np.array(v))
+                            for k, v in weights.items()})  # copies
     return critic.eval()
 
 
