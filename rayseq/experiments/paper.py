@@ -308,6 +308,12 @@ def _sweep(ax: Any, xs: list[float], rows: list[dict[str, Any]], key: str, label
             ax.annotate(DAGGER, (x, y), textcoords="offset points", xytext=(4, 4), color="red")
 
 
+def _suptitle(fig: Any, report: dict[str, Any]) -> None:
+    """The experiment's label; the † key only where some row has a diverged run."""
+    diverged = any(row.get("diverged") for row in report.get("rows", []))
+    fig.suptitle(_label(report) + (f"   ({DAGGER} diverged)" if diverged else ""), fontsize=9)
+
+
 def _mle_hline(ax: Any, report: dict[str, Any], key: str) -> None:
     ref = report.get("mle_reference")
     if ref:
@@ -336,7 +342,7 @@ def _plot_table3(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Pa
     ax.set(xlabel="β (target critic's Polyak rate)", ylabel="best validation BLEU")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
+    _suptitle(fig, report)
     fig.tight_layout()
     return save_png(fig, png)
 
@@ -353,7 +359,7 @@ def _plot_fig1(cfg: ExperimentConfig, report: dict[str, Any], png: Path) -> Path
         ax.set(xlabel="τ (entropy weight)", ylabel=name, title=f"{name} vs τ")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
+    _suptitle(fig, report)
     fig.tight_layout()
     return save_png(fig, png)
 
@@ -388,7 +394,7 @@ def _plot_runs(cfg: ExperimentConfig, report: dict[str, Any], png: Path, panels:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(_label(report) + f"   ({DAGGER} diverged)", fontsize=9)
+    _suptitle(fig, report)
     fig.tight_layout()
     return save_png(fig, png)
 
