@@ -241,3 +241,15 @@ def test_cli_parses_compare_and_reproduce(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reproduce", "table2", "--task", "toy"])
     json.dumps(vars(build_parser().parse_args(["reproduce", "fig1", "--task", "toy", "--taus", "0,0.1"])))
+
+
+def test_plot_titles_name_the_dagger_only_when_a_run_diverged():
+    from rayseq.experiments.paper import DAGGER, _figure, _suptitle
+
+    report = {"title": "t", "task": "toy", "preset": "cpu", "hardware": "1 node",
+              "rows": [{"algo": "erac", "diverged": 0}, {"algo": "ac", "diverged": 0}]}
+    for rows_diverged, want in ((0, False), (1, True)):
+        report["rows"][1]["diverged"] = rows_diverged
+        fig = _figure()
+        _suptitle(fig, report)
+        assert (f"{DAGGER} diverged" in fig._suptitle.get_text()) is want
