@@ -283,8 +283,9 @@ def save_critic_file(path: PathLike, state_dict: dict[str, Any], critic_config: 
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_critic_file(path: PathLike, fmt: str = CRITIC_FORMAT) -> dict[str, Any]:
-    """The dict :func:`save_critic_file` wrote; DataError naming the file if it is not one."""
+def load_critic_file(path: PathLike, fmt: str | tuple[str, ...] = CRITIC_FORMAT) -> dict[str, Any]:
+    """The dict :func:`save_critic_file` wrote (in ``fmt``, or one of them); DataError naming the
+    file if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such critic file; train the run (it writes {CRITIC_FILE} after critic pretraining).")
@@ -292,9 +293,17 @@ def load_critic_file(path: PathLike, fmt: str = CRITIC_FORMAT) -> dict[str, Any]
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 — any unreadable file is the user's to fix
         raise DataError(f"{path}: not a readable critic file ({err}).") from None
-    if not isinstance(obj, dict) or obj.get("format") != fmt:
-        raise DataError(f"{path}: not a {fmt} file (format {obj.get('format') if isinstance(obj, dict) else None!r}).")
+    formats = (fmt,) if isinstance(fmt, str) else tuple(fmt)
+    if not isinstance(obj, dict) or obj.get("format") not in formats:
+        raise DataError(f"{path}: not a {' or '.join(formats)} file "
+                        f"(format {obj.get('format') if isinstance(obj, dict) else None!r}).")
     return obj
+
+
+def critic_shape_diffs(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """``"key: file X vs run Y"`` for every field of the network shape ``want`` (``asdict(CriticConfig)``)
+    that a critic or Q-net file's ``critic_config`` ``have`` does not match."""
+    return [f"{k}: file {have.get(k)!r} vs run {v!r}" for k, v in want.items() if have.get(k) != v]
 
 
 def find_q_file(spec: PathLike, key: str) -> Path:
@@ -318,13 +327,10 @@ def load_q_weights(spec: PathLike, want: dict[str, Any], key: str) -> dict[str, 
     names the setting in errors."""
     path = find_q_file(spec, key)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 — any unreadable file is the user's to fix
-        raise DataError(f"{key}={path}: not a readable critic or Q-net file ({err}).") from None
-    if not isinstance(obj, dict) or obj.get("format") not in (CRITIC_FORMAT, QNET_FORMAT):
-        raise DataError(f"{key}={path}: not a {CRITIC_FORMAT} or {QNET_FORMAT} file.")
-    have = obj.get("critic_config", {})
-    diffs = [f"{k}: file {have.get(k)!r} vs run {v!r}" for k, v in want.items() if have.get(k) != v]
+        obj = load_critic_file(path, (CRITIC_FORMAT, QNET_FORMAT))
+    except DataError as err:
+        raise DataError(f"{key}={err}") from None
+    diffs = critic_shape_diffs(obj.get("critic_config", {}), want)
     if diffs:
         raise DataError(f"{key}={path}: its network does not fit this run ({'; '.join(diffs)}); use one trained "
                         f"with the same task and model settings.")

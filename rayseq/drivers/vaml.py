@@ -37,7 +37,7 @@ from rayseq.algorithms.vaml import (
     soft_q_loss,
     soft_q_target,
 )
-from rayseq.actor_io import QNET_FILE, QNET_FORMAT, load_critic_file, save_critic_file
+from rayseq.actor_io import QNET_FILE, QNET_FORMAT, critic_shape_diffs, load_critic_file, save_critic_file
 from rayseq.config import RunConfig
 from rayseq.data.errors import DataError
 from rayseq.data.tasks import Task
@@ -86,8 +86,7 @@ def load_qnet(spec: str, want: CriticConfig) -> tuple[dict[str, Any], dict[str, 
         obj = load_critic_file(path, fmt=QNET_FORMAT)
     except DataError as err:
         raise TrainingError(f"algo.qnet_init={err} (written by `rayseq train --algo vaml`).") from None
-    have = obj["critic_config"]
-    diffs = [f"{k}: file {have.get(k)!r} vs run {v!r}" for k, v in asdict(want).items() if have.get(k) != v]
+    diffs = critic_shape_diffs(obj["critic_config"], asdict(want))
     if diffs:
         raise TrainingError(
             f"algo.qnet_init={path}: the Q-net does not fit this run ({'; '.join(diffs)}); train it with the same "
