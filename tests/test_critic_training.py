@@ -14,7 +14,7 @@ import pytest
 from rayseq.actor_io import CRITIC_FILE, load_actor, load_critic_file
 from rayseq.config import build_run_config
 from rayseq.data.tasks import load_task
-from rayseq.metrics import CRITIC_TOP1_ACC, CRITIC_VALID_TD, LR_CRITIC, LR_QNET, QNET_VALID_TD
+from rayseq.metrics import CRITIC_TOP1_ACC, CRITIC_VALID_TD, LR_CRITIC, LR_QNET, QNET_GREEDY_BLEU, QNET_VALID_TD
 from rayseq.registry import get_algorithm
 
 
@@ -159,23 +159,32 @@ def test_mle_continued_starts_from_the_actor_and_never_ends_below_it(tmp_path, m
 
 
 @pytest.mark.ray
-def test_qnet_stage_keeps_the_best_qnet_and_decays_on_plateau(tmp_path, ray_session):
+@pytest.mark.parametrize("select", ["valid_td", "greedy_bleu"])
+def test_qnet_stage_keeps_the_best_qnet_and_decays_on_plateau(tmp_path, ray_session, select):
+    """The best Q-net by ``algo.qnet_select`` is kept and step 2 uses it; the lr decays after a pass
+    that did not improve that figure (replayed from the log)."""
     from rayseq.actor_io import QNET_FILE
+    from rayseq.drivers.vaml import QNET_SELECT_METRIC
     from rayseq.train import train
 
     run = tmp_path / "vaml"
     cfg = build_run_config("vaml", get_algorithm("vaml").config_cls, "cpu", "toy",
                            ["epochs=1", "algo.qnet_epochs=4", "algo.qnet_lr=0.05", "algo.qnet_max_decays=1",
-                            "algo.qnet_valid_sentences=50"], out=str(run))
+                            "algo.qnet_valid_sentences=50", f"algo.qnet_select={select}"], out=str(run))
     results = train(cfg)
+    key = QNET_SELECT_METRIC[select]
+    sign = -1.0 if select == "greedy_bleu" else 1.0  # compare as "lower is better"
     checks = [r for r in _records(run) if QNET_VALID_TD in r]
-    td = [r[QNET_VALID_TD] for r in checks]
-    best, lr = float("inf"), 0.05
+    assert len(checks) >= 2
+    best, lr, best_record = float("inf"), 0.05, None
     for r in checks:
-        lr = lr if r[QNET_VALID_TD] <= best else lr * 0.5
-        best = min(best, r[QNET_VALID_TD])
+        if sign * r[key] <= best:
+            best, best_record = sign * r[key], r
+        else:
+            lr *= 0.5
         assert r[LR_QNET] == pytest.approx(lr)
     saved = load_critic_file(run / QNET_FILE, fmt="rayseq-qnet/1")
-    assert saved["meta"][QNET_VALID_TD] == pytest.approx(min(td))
-    assert results["qnet"][QNET_VALID_TD] == pytest.approx(min(td))
+    for name in (QNET_VALID_TD, QNET_GREEDY_BLEU):  # the kept Q-net is the selected pass's, by both figures
+        assert saved["meta"][name] == pytest.approx(best_record[name])
+        assert results["qnet"][name] == pytest.approx(best_record[name])
     assert CRITIC_TOP1_ACC in results["qnet"]

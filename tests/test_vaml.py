@@ -156,11 +156,13 @@ def test_packed_qnet_loss_and_gradients_equal_the_padded_equation(target: bool) 
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
-def test_packed_actor_loss_equals_the_padded_equation_and_leaves_the_qnet_frozen() -> None:
+@pytest.mark.parametrize("pq_tau", [None, 0.1])
+def test_packed_actor_loss_equals_the_padded_equation_and_leaves_the_qnet_frozen(pq_tau: float | None) -> None:
+    """Eq. (17) at P_Q = softmax(Q/τ) with τ = ``tau`` (the paper) or the sharper ``pq_tau``."""
     from rayseq.runtime.vaml import packed_vaml_losses
 
     module = _module("actor")
-    v = VAMLConfig(num_samples=2, mix_mode="expected", mix_prob=0.3)
+    v = VAMLConfig(num_samples=2, mix_mode="expected", mix_prob=0.3, pq_tau=pq_tau)
     rows = vaml_actor_rows([np.array([4, 5, 6]), np.array([7, 8])], [np.array([4, 5, 6, 7]), np.array([9, 10])], v, 14,
                            np.random.default_rng(0))
     b = {k: torch.as_tensor(a) for k, a in rows.items()}
@@ -171,9 +173,13 @@ def test_packed_actor_loss_equals_the_padded_equation_and_leaves_the_qnet_frozen
     logits = module.actor(b["src"], b["src_len"], b["tgt_in"])
     q = module.qnet(b["ref"], b["ref_len"], b["tgt_in"]).detach()
     w = b["weight"][:, None].expand(b["tgt_out"].shape)
-    expect = vaml_actor_loss(logits, b["tgt_out"], qnet_token_targets(q, v.tau, v.exclude_tokens),
+    expect = vaml_actor_loss(logits, b["tgt_out"], qnet_token_targets(q, pq_tau or 0.4, v.exclude_tokens),
                              torch.full(b["tgt_out"].shape, 0.3), w, num_sources=2)
     assert math.isclose(float(loss), float(expect.loss), rel_tol=1e-5)
+    if pq_tau is not None:  # the target really is another one than at τ = 0.4
+        other = vaml_actor_loss(logits, b["tgt_out"], qnet_token_targets(q, 0.4, v.exclude_tokens),
+                                torch.full(b["tgt_out"].shape, 0.3), w, num_sources=2)
+        assert not math.isclose(float(loss), float(other.loss), rel_tol=1e-5)
     assert math.isclose(parts["loss/vaml_ce"], float(expect.ce), rel_tol=1e-5)
 
 
@@ -252,3 +258,14 @@ def test_qnet_reads_the_redis_replay_of_an_erac_run(tmp_path, ray_session) -> No
             open_run_replay(str(memory_run))
     finally:
         server.stop()
+
+
+def test_every_qnet_selection_rule_names_a_held_out_figure() -> None:
+    from rayseq.algorithms.vaml import QNET_SELECT
+    from rayseq.drivers.vaml import QNET_SELECT_METRIC
+
+    assert tuple(QNET_SELECT_METRIC) == QNET_SELECT
+    with pytest.raises(ValueError, match="qnet_select='bleu'"):
+        VAMLConfig(qnet_select="bleu")
+    with pytest.raises(ValueError, match="pq_tau=0.0"):
+        VAMLConfig(pq_tau=0.0)

@@ -38,6 +38,7 @@ from rayseq.algorithms.raml import N_SPECIALS, SAMPLERS, RAMLConfig
 from rayseq.models.base import BOS, PAD
 
 MIX_MODES = ("bernoulli", "expected")
+QNET_SELECT = ("valid_td", "greedy_bleu")
 
 
 @dataclass
@@ -80,11 +81,18 @@ class VAMLConfig(SupervisedConfig):
     """Validation references for the Q-net's held-out TD error and its greedy (argmax Q) BLEU."""
     qnet_grad_clip: float = 5.0
     """Max global L2 norm of the Q-net gradient."""
+    qnet_select: Literal["valid_td", "greedy_bleu"] = "valid_td"
+    """The held-out figure that picks the best Q-net and drives the lr decay and the plateau stop:
+    "valid_td" — the lowest Eq. 16 error (the paper); "greedy_bleu" — the highest BLEU of argmax_w Q
+    given y* (how well the Q-net ranks the right next token; it peaks before the TD error stops falling)."""
     # ------------------------------------------------------------------ step 2: the actor
     mix_prob: float = 0.2
     """Per-token probability of the CE(P_Qφ ‖ π_θ) term; otherwise the sampled token's NLL."""
     mix_mode: Literal["bernoulli", "expected"] = "bernoulli"
     """"bernoulli": the official per-token coin; "expected": mix_prob·CE + (1 − mix_prob)·NLL."""
+    pq_tau: float | None = None
+    """τ of the actor's target P_Qφ = softmax(Q/τ) in step 2 (Eq. 17); None: ``tau`` (the paper).
+    Smaller is sharper: with a large vocabulary the soft Q at τ = 0.4 spreads P_Qφ almost evenly."""
     num_samples: int = 4
     """RAML samples per reference (the reference is added: K = num_samples + 1)."""
     raml_tau: float = 1.0
@@ -111,6 +119,10 @@ class VAMLConfig(SupervisedConfig):
             raise ValueError(f"VAMLConfig.corrupt_prob={self.corrupt_prob}: must be in [0, 1].")
         if not 0.0 <= self.mix_prob <= 1.0:
             raise ValueError(f"VAMLConfig.mix_prob={self.mix_prob}: must be in [0, 1].")
+        if self.pq_tau is not None and not self.pq_tau > 0:
+            raise ValueError(f"VAMLConfig.pq_tau={self.pq_tau}: must be > 0 (Eq. 17 divides by it), or none for tau.")
+        if self.qnet_select not in QNET_SELECT:
+            raise ValueError(f"VAMLConfig.qnet_select={self.qnet_select!r}; use one of {QNET_SELECT}.")
         if self.mix_mode not in MIX_MODES:
             raise ValueError(f"VAMLConfig.mix_mode={self.mix_mode!r}; use one of {MIX_MODES}.")
         if self.sampler not in SAMPLERS:
@@ -132,6 +144,11 @@ class VAMLConfig(SupervisedConfig):
             )
         if self.qnet_replay is not None and not 0.0 < self.qnet_replay_fraction:
             raise ValueError(f"VAMLConfig.qnet_replay_fraction={self.qnet_replay_fraction}: must be > 0.")
+
+    @property
+    def actor_target_tau(self) -> float:
+        """τ of P_Qφ in step 2: ``pq_tau``, or ``tau`` when None."""
+        return self.tau if self.pq_tau is None else float(self.pq_tau)
 
     def raml_config(self) -> RAMLConfig:
         """Step 2's sample set: RAML's config with this run's sampler settings."""

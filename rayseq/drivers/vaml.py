@@ -3,16 +3,17 @@
 Step 1 (:func:`qnet_stage`): at most ``algo.qnet_epochs`` passes of soft Q-learning (Eq. 16) over
 the corrupted training references, checkpointed after every pass (``--resume`` continues
 mid-stage), each pass followed by held-out checks of the Q-net on the validation references; the
-best Q-net by held-out error is kept (``RUN_DIR/qnet.pt``) and is the one step 2 uses, the Q-net lr
-is × ``qnet_lr_decay`` after a pass without improvement, and after ``qnet_max_decays`` decays the
-stage stops. The checks:
+best Q-net by ``algo.qnet_select`` (held-out error, the default, or greedy BLEU given y*) is kept
+(``RUN_DIR/qnet.pt``) and is the one step 2 uses, the Q-net lr is × ``qnet_lr_decay`` after a pass
+without improvement by that figure, and after ``qnet_max_decays`` decays the stage stops. The checks:
 
 * ``qnet/valid_td`` — Eq. (16)'s squared soft TD error per sequence on corrupted validation
   references (computed here with the padded equations, independently of the learner's packed rows);
 * ``qnet/greedy_bleu`` — corpus BLEU of decoding argmax_w Q_φ(s, w; y*) given the reference: an
   oracle that reads y* should reproduce it (near 100);
 * the critic-quality figures of ``rayseq.evaluation.critic.score_qnet``: top-1 / top-5 accuracy of
-  argmax Q for the next reference token, entropy of P_Q = softmax(Q/τ), the eos margin after y*.
+  argmax Q for the next reference token, entropy of step 2's target P_Q = softmax(Q/τ) (τ =
+  ``algo.pq_tau`` when set), the eos margin after y*.
 
 The finished Q-net is written to ``RUN_DIR/qnet.pt`` (``algo.qnet_init`` of a later run may reuse
 it and skip step 1; such a run writes its copy there too). Step 2 (the actor, Eq. 17; from ``algo.actor_init`` when given) is the supervised epoch loop
@@ -62,6 +63,10 @@ from rayseq.replay import run_replay_key
 from rayseq.rollout import collate
 from rayseq.run_dir import read_run_json
 
+
+
+QNET_SELECT_METRIC = {"valid_td": QNET_VALID_TD, "greedy_bleu": QNET_GREEDY_BLEU}
+"""``VAMLConfig.qnet_select`` → the held-out figure that picks the best Q-net."""
 
 
 def qnet_config(cfg: RunConfig, task: Task) -> CriticConfig:
@@ -138,7 +143,7 @@ def evaluate_qnet(
     wrapped = [np.concatenate([[BOS], y, [EOS]]).astype(np.int64) for y in refs]
     hyps = translate_ids(critic.net, wrapped, beam=1, max_len=max_len, desc="Q-net greedy")
     bleu = corpus_bleu_ids(hyps, [[y] for y in refs])["bleu"]
-    quality = score_qnet(critic, (valid.src[:n], refs), v.tau, len(refs), exclude=v.exclude_tokens)
+    quality = score_qnet(critic, (valid.src[:n], refs), v.actor_target_tau, len(refs), exclude=v.exclude_tokens)
     return {QNET_VALID_TD: td / max(seqs, 1), QNET_GREEDY_BLEU: float(bleu), **quality}
 
 
@@ -176,7 +181,9 @@ def qnet_stage(run: Run) -> dict[str, Any]:
         n_pairs = len(task.split("train"))
         per_epoch = max(1, math.ceil(n_pairs / v.qnet_batch_size))
         total = math.ceil(v.qnet_epochs * n_pairs / v.qnet_batch_size)
-        schedule = PlateauSchedule(lr=v.qnet_lr, decay=v.qnet_lr_decay, max_decays=v.qnet_max_decays, higher_is_better=False)
+        select = QNET_SELECT_METRIC[v.qnet_select]
+        schedule = PlateauSchedule(lr=v.qnet_lr, decay=v.qnet_lr_decay, max_decays=v.qnet_max_decays,
+                                   higher_is_better=select == QNET_GREEDY_BLEU)
         if "qnet_schedule" in run.state:
             schedule.load_state_dict(run.state["qnet_schedule"])
         algo.set_stage("qnet")
@@ -192,17 +199,17 @@ def qnet_stage(run: Run) -> dict[str, Any]:
             weights = algo.qnet_state_dict()
             critic.load_state_dict({k: torch.tensor(np.array(x)) for k, x in weights.items()})
             checks = evaluate_qnet(critic, v, task, v.qnet_valid_sentences, cfg.max_decode_len)
-            if schedule.step(checks[QNET_VALID_TD]):
+            if schedule.step(checks[select]):
                 save_qnet(best_file, weights, critic_cfg, {"task": cfg.task, "tau": v.tau, "updates": algo.qnet_updates,
                                                            "run_dir": str(run_dir), **checks})
             algo.set_qnet_lr(schedule.lr)
             run.writer.log(algo.num_updates, 0.0, {**checks, LR_QNET: schedule.lr, EPOCH_TIME_S: time.perf_counter() - t_chunk})
             summary = {"source": "trained", "updates": algo.qnet_updates, **checks, "wall_time_s": time.monotonic() - t0}
-            say(f"[Q-net stage] update {algo.qnet_updates}/{total}: held-out TD {checks[QNET_VALID_TD]:.3f} (best "
-                f"{schedule.best:.3f}), greedy BLEU given y* {checks[QNET_GREEDY_BLEU]:.2f}, top-1 "
+            say(f"[Q-net stage] update {algo.qnet_updates}/{total}: held-out TD {checks[QNET_VALID_TD]:.3f}, greedy BLEU "
+                f"given y* {checks[QNET_GREEDY_BLEU]:.2f} (best {v.qnet_select} {schedule.best:.3f}), top-1 "
                 f"{checks[CRITIC_TOP1_ACC]:.3f}, H(P_Q) {checks[CRITIC_TARGET_ENTROPY]:.2f}, Q-net lr {schedule.lr:g}")
             run.checkpoint({"epoch": 0, "step": algo.num_updates, "qnet": summary, "qnet_schedule": schedule.state_dict()})
-        if best_file.is_file():  # the best Q-net by held-out error is the one step 2 uses
+        if best_file.is_file():  # the best Q-net by algo.qnet_select is the one step 2 uses
             best = load_critic_file(best_file, fmt=QNET_FORMAT)
             algo.load_qnet(best["state_dict"])
             summary = {"source": "trained", **{k: x for k, x in best["meta"].items() if k not in ("task", "run_dir")},
