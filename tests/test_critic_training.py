@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from rayseq.actor_io import CRITIC_FILE, load_actor, load_critic_file
 from rayseq.config import build_run_config
@@ -188,3 +189,27 @@ def test_qnet_stage_keeps_the_best_qnet_and_decays_on_plateau(tmp_path, ray_sess
         assert saved["meta"][name] == pytest.approx(best_record[name])
         assert results["qnet"][name] == pytest.approx(best_record[name])
     assert CRITIC_TOP1_ACC in results["qnet"]
+
+
+@pytest.mark.ray
+def test_a_zero_critic_lr_freezes_the_critic_in_joint_training(tmp_path, mle_run):
+    """``algo.critic_lr=0``: joint training leaves the critic it started from as it was, while the actor moves."""
+    import pickle
+
+    from rayseq.train import train
+
+    first = tmp_path / "first"
+    train(_ac("erac", first, mle_run))
+    frozen = tmp_path / "frozen"
+    results = train(_ac("erac", frozen, mle_run, f"algo.critic_init={first}", "algo.critic_lr=0"))
+    assert results["updates"] > 0
+    module = frozen / "checkpoint" / "learner_group" / "learner" / "rl_module" / "default_policy" / "module_state.pkl"
+    state = pickle.loads(module.read_bytes())
+    start = load_critic_file(first / CRITIC_FILE)["state_dict"]
+    for name, value in start.items():
+        np.testing.assert_array_equal(np.asarray(state[f"critic.{name}"]), np.asarray(value), err_msg=name)
+    before = load_actor(mle_run / "actor_best.pt").model.state_dict()
+    moved = [k for k, v in load_actor(frozen / "actor_latest.pt").model.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved  # the actor did train
+    with pytest.raises(ValueError, match="critic_lr = -1"):
+        get_algorithm("erac").config_cls(critic_lr=-1.0)

@@ -208,6 +208,8 @@ def test_killed_driver_is_restored_without_retraining_finished_trials(tmp_path):
         _kill_ray_under(ray_tmp)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "restoring the Tune experiment" in second.stderr
+    assert "Tune experiment (TensorBoard logs) in" in second.stderr
+    assert "To visualize your results with TensorBoard" not in second.stdout + second.stderr  # Tune's reporter is off
     report = json.loads((out / "compare.json").read_text())
     assert report["tune"]["mle"]["restored"] and [r["status"] for r in report["runs"]] == ["ok", "ok"]
     assert (finished / "results.json").stat().st_mtime_ns == mtime and (finished / "metrics.jsonl").read_bytes() == metrics

@@ -82,7 +82,8 @@ class ERACConfig:
     actor_lr: float = 1e-4
     """Adam learning rate of the actor (joint training)."""
     critic_lr: float = 1e-4
-    """Adam learning rate of the critic during joint training."""
+    """Adam learning rate of the critic during joint training; 0 freezes the critic there (the
+    pretrained or ``critic_init`` critic's values are the actor's Q throughout)."""
     critic_pretrain_lr: float = 1e-3
     """Adam learning rate of the critic during pretraining (actor frozen)."""
     adam_betas: tuple[float, float] = (0.0, 0.999)
@@ -196,10 +197,12 @@ class ERACConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"ERACConfig.{name} ({sym}) = {value}: must be a finite number >= 0.")
-        for name in ("actor_lr", "critic_lr", "critic_pretrain_lr", "grad_clip"):
+        for name in ("actor_lr", "critic_pretrain_lr", "grad_clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"ERACConfig.{name} = {value}: must be > 0.")
+        if not (math.isfinite(self.critic_lr) and self.critic_lr >= 0):
+            raise ValueError(f"ERACConfig.critic_lr = {self.critic_lr}: must be >= 0 (0 freezes the critic in joint training).")
         for name in ("adam_betas", "critic_pretrain_adam_betas"):
             betas = tuple(getattr(self, name))
             if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):

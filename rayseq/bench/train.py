@@ -133,8 +133,9 @@ def run(cfg: TrainBenchConfig) -> dict:
     from rayseq.models.seq2seq import Seq2Seq
     from rayseq.registry import get_algorithm
     from rayseq.runtime.builders import build_supervised_algorithm
-    from rayseq.runtime.session import init_ray
+    from rayseq.runtime.session import init_ray, quiet_known_warnings
 
+    quiet_known_warnings()  # the plain-torch timings below build RLlib modules before Ray starts
     entry = get_algorithm(cfg.algo)
     run_cfg = build_run_config(
         cfg.algo, entry.config_cls, "paper", "multi30k", [f"batch_size={cfg.batch_size}"], out=tempfile.mkdtemp()

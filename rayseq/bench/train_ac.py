@@ -96,10 +96,11 @@ def run(cfg: ACTrainBenchConfig) -> dict:
     from rayseq.models.seq2seq import Seq2Seq
     from rayseq.registry import get_algorithm
     from rayseq.rollout import RolloutSampler, collate
-    from rayseq.runtime.session import init_ray
+    from rayseq.runtime.session import init_ray, quiet_known_warnings
     from rayseq.runtime.builders import build_supervised_algorithm
     from rayseq.runtime.builders import build_actor_critic_algorithm
 
+    quiet_known_warnings()  # the plain-torch timings below build RLlib modules before Ray starts
     torch.manual_seed(cfg.seed)
     entry = get_algorithm(cfg.algo)
     ac_cfg = build_run_config(

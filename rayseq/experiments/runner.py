@@ -83,7 +83,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         report["hardware"] = describe_cluster()
         for phase, specs in phases.items():
             print(f"[{cfg.name}] phase {phase}: {len(specs)} trial{'s' if len(specs) != 1 else ''} "
-                  f"({', '.join(s.key for s in specs)})", file=sys.stderr, flush=True)
+                  f"({', '.join(s.key for s in specs)}); Tune experiment (TensorBoard logs) in "
+                  f"{out / TUNE_DIR / phase}", file=sys.stderr, flush=True)
             report["phases"][phase], report["tune"][phase] = _run_phase(cfg, out / TUNE_DIR / phase, specs)
     finally:
         if started:
@@ -136,6 +137,9 @@ def _run_phase(cfg: ExperimentConfig, path: Path, specs: list[TrialSpec]) -> tup
         )
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path / TRIALS_JSON, [s.key for s in specs])
+    # Tune's own console reporter (on by default) would add a TensorBoard hint that names the driver's
+    # temporary staging folder; the progress lines above and TrialProgress say what a user needs.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     grid = tuner.fit()
     return _records(grid, specs), info
 
