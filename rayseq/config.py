@@ -761,6 +761,18 @@ def to_dict(run_config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(run_config)
 
 
+def field_defaults(run_config: RunConfig) -> dict[str, Any]:
+    """Dotted ``run.json`` key → the default of that field (run-level, ``model.*``,
+    ``algo_config.*``; fields with a plain default only): what a run written before the field
+    existed did (``rayseq.run_dir.prepare_run_dir`` resumes such a run)."""
+    out: dict[str, Any] = {}
+    for prefix, obj in (("", run_config), ("model.", run_config.model), ("algo_config.", run_config.algo_config)):
+        for f in dataclasses.fields(obj):
+            if f.default is not dataclasses.MISSING:
+                out[prefix + f.name] = f.default
+    return out
+
+
 def _flat_from_dict(d: Mapping[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in d.items():
@@ -813,6 +825,7 @@ __all__ = [
     "from_dict",
     "load_config_file",
     "parse_override",
+    "field_defaults",
     "to_dict",
     "valid_keys",
 ]

@@ -109,11 +109,20 @@ def flatten_dotted(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, An
 
 
 def config_differences(
-    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = RESUME_MAY_CHANGE
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    ignore: Iterable[str] = RESUME_MAY_CHANGE,
+    defaults: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """``"key: old → new"`` for every dotted key whose value differs, except ``ignore``d keys."""
+    """``"key: old → new"`` for every dotted key whose value differs, except ``ignore``d keys.
+
+    ``defaults`` (dotted key → default value): a key that ``old`` lacks and whose new value is its
+    default is no difference — a setting added to rayseq after ``old`` was written, at the value
+    that does what the older version did.
+    """
     # compare as JSON stores them (a tuple in the config is a list in run.json)
     a, b = flatten_dotted(json.loads(json.dumps(old))), flatten_dotted(json.loads(json.dumps(new)))
+    known = json.loads(json.dumps(dict(defaults or {})))
     skip = set(ignore)
     missing = object()
     diffs = []
@@ -121,6 +130,8 @@ def config_differences(
         if key in skip:
             continue
         va, vb = a.get(key, missing), b.get(key, missing)
+        if va is missing and key in known and vb == known[key]:
+            continue
         if va != vb:
             show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
             diffs.append(f"{key}: {show(va)} → {show(vb)}")
@@ -157,6 +168,7 @@ def prepare_run_dir(
     run_config_dict: Mapping[str, Any],
     resume: bool,
     ignore_on_resume: Iterable[str] = RESUME_MAY_CHANGE,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Path:
     """Create ``out`` (if needed) and write ``run.json``; returns the run directory.
 
@@ -166,7 +178,8 @@ def prepare_run_dir(
       ``resume`` → continue (run.json is rewritten with the new epochs/out/...); not ``resume`` →
       allowed only while the old run has written no metrics, results or ``*.pt`` checkpoints
       (a crash before the first log), else RunDirError.
-    * ``run.json`` of a different run → RunDirError naming the differing keys.
+    * ``run.json`` of a different run → RunDirError naming the differing keys; a key ``run.json``
+      lacks (written before rayseq had that setting) at its value in ``defaults`` is no difference.
     """
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -174,7 +187,7 @@ def prepare_run_dir(
     run_json = run_dir / RUN_JSON
     if run_json.exists():
         old = read_run_json(run_dir)
-        diffs = config_differences(old, run_config_dict, ignore_on_resume)
+        diffs = config_differences(old, run_config_dict, ignore_on_resume, defaults)
         if diffs:
             shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
             if resume:

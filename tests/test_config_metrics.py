@@ -21,6 +21,7 @@ from rayseq.config import (
     apply_overrides,
     build_run_config,
     from_dict,
+    field_defaults,
     to_dict,
     valid_keys,
 )
@@ -389,6 +390,30 @@ def test_prepare_run_dir_new_conflict_and_resume(tmp_path: Path) -> None:
     prepare_run_dir(out, longer, resume=True)
     assert read_run_json(out)["epochs"] == 7
     _no_temp_files(out)
+
+
+def test_resume_a_run_written_before_a_setting_existed(tmp_path: Path) -> None:
+    """A run.json without a later-added field resumes when the field is at its default (what the
+    older rayseq did), and is refused, naming the field, when it is not."""
+    import json
+
+    from rayseq.algorithms.vaml import VAMLConfig
+
+    out = tmp_path / "run"
+    cfg = build_run_config("vaml", VAMLConfig, "cpu", "toy", [], out=str(out))
+    old = to_dict(cfg)
+    del old["algo_config"]["pq_tau"], old["algo_config"]["qnet_select"]  # as an older rayseq wrote it
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps(old))
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(RunDirError, match="pq_tau"):  # without the defaults: two new keys
+        prepare_run_dir(out, to_dict(cfg), resume=True)
+    prepare_run_dir(out, to_dict(cfg), resume=True, defaults=field_defaults(cfg))
+    assert read_run_json(out)["algo_config"]["qnet_select"] == "valid_td"
+    (out / "run.json").write_text(json.dumps(old))
+    sharper = build_run_config("vaml", VAMLConfig, "cpu", "toy", ["algo.pq_tau=0.2"], out=str(out))
+    with pytest.raises(RunDirError, match=r"algo_config.pq_tau: \(absent\) → 0.2"):
+        prepare_run_dir(out, to_dict(sharper), resume=True, defaults=field_defaults(sharper))
 
 
 def test_resume_without_run_json(tmp_path: Path) -> None:

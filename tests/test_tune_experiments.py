@@ -150,6 +150,27 @@ def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
     assert (out / "vaml.png").is_file()
 
 
+def test_a_failed_shared_qnet_stops_the_runs_that_start_from_it(tmp_path, ray_session):
+    """The shared Q-net run fails (its replay source does not exist): the MLE run beside it finishes, and
+    no run of the next phase starts (a VAML run would otherwise train with the failed run's partial
+    ``qnet.pt``); the table says why, and the failed run keeps its traceback."""
+    from rayseq.experiments.paper import Grid, reproduce
+
+    out = tmp_path / "vaml"
+    settings = ["vaml:algo.qnet_epochs=0.1", "vaml:algo.qnet_valid_sentences=20", "raml:algo.num_samples=1",
+                "vaml:algo.num_samples=1", f"vaml:algo.qnet_replay={tmp_path / 'no-such-run'}"]
+    report = reproduce("vaml", "toy", seeds=1, out=str(out), preset="cpu", grid=Grid(finetune_epochs=0.02, finetune_checks=100),
+                       overrides=[*RUN, *settings], shared_mle=True, shared_qnet=True, max_concurrent=2)
+    assert [r["status"] for r in report["mle_runs"]] == ["ok"]
+    assert [r["status"] for r in report["critic_runs"]] == ["failed"]
+    assert "not a run directory" in (out / "qnet-vaml-seed1234" / ERROR_TXT).read_text()
+    main = [r for r in report["runs"] if r["label"] != "mle"]
+    assert main and all(r["status"] == "failed" for r in main)
+    assert all(r["error"] == "not run: it starts from qnet-vaml-seed1234, which did not finish" for r in main)
+    assert report["tune"]["main"]["not_run"] and not (out / "tune" / "main").exists()
+    assert not any(Path(r["run_dir"]).exists() for r in main)
+
+
 def _ray_pids_under(temp: str) -> list[int]:
     """Processes whose command line names ``temp`` (the Ray a killed driver started there)."""
     pids = []

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from rayseq.actor_io import save_actor
-from rayseq.config import RunConfig, to_dict
+from rayseq.config import RunConfig, field_defaults, to_dict
 from rayseq.data.tasks import Task, load_task
 from rayseq.errors import TrainingError
 from rayseq.evaluation.score import Validation, evaluate, validate_actor
@@ -216,7 +216,7 @@ def open_run(
     from rayseq.runtime.session import init_ray
 
     t_start = time.monotonic()
-    run_dir = prepare_run_dir(cfg.out, to_dict(cfg), resume)
+    run_dir = prepare_run_dir(cfg.out, to_dict(cfg), resume, defaults=field_defaults(cfg))
     task = load_task(cfg.task, cfg.data_dir)
     stages = read_stages(run_dir) if resume else {}
     start = None

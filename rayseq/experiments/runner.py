@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rayseq.experiments.spec import ExperimentConfig, TrialSpec, trial_specs
+from rayseq.experiments.trial import ERROR_TXT
 from rayseq.run_dir import atomic_write_json
 
 TUNE_DIR = "tune"
@@ -30,9 +31,12 @@ TUNE_DIR = "tune"
 TRIALS_JSON = "rayseq_trials.json"
 """Inside a phase's Tune folder: the keys of the trials it was started with."""
 
-QUIET_TUNE_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+QUIET_TUNE_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "RAY_AIR_NEW_OUTPUT": "0"}
 """Every trial report carries a (tiny) checkpoint and ``num_to_keep=1`` snapshots the experiment
-state at each: wanted here (restore loses nothing), so Tune's warning about it is switched off."""
+state at each: wanted here (restore loses nothing), so Tune's warning about it is switched off.
+Tune's own console reporter is off (``verbose=0`` then prints nothing): the phase lines and
+:class:`~rayseq.experiments.progress.TrialProgress` say what a user needs, and its TensorBoard hint
+named the driver's temporary staging folder rather than the Tune experiment."""
 
 
 def trial_name(trial: Any) -> str:
@@ -81,11 +85,21 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                     print(f"[{cfg.name}] warning: trial {s.key} cannot start on this cluster as it is ({why}); it waits "
                           "for nodes to join. Lower num_rollout_workers / num_learners with --set.", file=sys.stderr, flush=True)
         report["hardware"] = describe_cluster()
+        unfinished: dict[str, str] = {}  # run dir → key, of the earlier phases' runs that did not finish
         for phase, specs in phases.items():
-            print(f"[{cfg.name}] phase {phase}: {len(specs)} trial{'s' if len(specs) != 1 else ''} "
-                  f"({', '.join(s.key for s in specs)}); Tune experiment (TensorBoard logs) in "
-                  f"{out / TUNE_DIR / phase}", file=sys.stderr, flush=True)
-            report["phases"][phase], report["tune"][phase] = _run_phase(cfg, out / TUNE_DIR / phase, specs)
+            blocked = sorted({unfinished[d] for s in specs for d in s.depends_on() if d in unfinished})
+            if blocked:  # never start from a failed run's partial actor, critic or Q-net
+                why = f"not run: it starts from {', '.join(blocked)}, which did not finish"
+                print(f"[{cfg.name}] phase {phase} {why}; see that run's {ERROR_TXT}, then rerun the same command "
+                      "with --retry-errored (finished runs are read back)", file=sys.stderr, flush=True)
+                report["phases"][phase] = [_not_run(s, why) for s in specs]
+                report["tune"][phase] = {"path": str(out / TUNE_DIR / phase), "restored": False, "not_run": why}
+            else:
+                print(f"[{cfg.name}] phase {phase}: {len(specs)} trial{'s' if len(specs) != 1 else ''} "
+                      f"({', '.join(s.key for s in specs)}); Tune experiment (TensorBoard logs) in "
+                      f"{out / TUNE_DIR / phase}", file=sys.stderr, flush=True)
+                report["phases"][phase], report["tune"][phase] = _run_phase(cfg, out / TUNE_DIR / phase, specs)
+            unfinished.update({r["run_dir"]: r["key"] for r in report["phases"][phase] if r["status"] != "ok"})
     finally:
         if started:
             ray.shutdown()
@@ -137,9 +151,6 @@ def _run_phase(cfg: ExperimentConfig, path: Path, specs: list[TrialSpec]) -> tup
         )
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path / TRIALS_JSON, [s.key for s in specs])
-    # Tune's own console reporter (on by default) would add a TensorBoard hint that names the driver's
-    # temporary staging folder; the progress lines above and TrialProgress say what a user needs.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     grid = tuner.fit()
     return _records(grid, specs), info
 

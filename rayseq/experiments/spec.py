@@ -22,6 +22,9 @@ from typing import Any
 MLE = "mle"
 """The algorithm of phase 1 (and the ``mle`` arm)."""
 
+SHARED_INIT_KEYS = ("algo.critic_init=", "algo.qnet_init=")
+"""Overrides that hand a run another run's network (``TrialSpec.depends_on``)."""
+
 PHASE_MLE, PHASE_CRITIC, PHASE_MAIN = "mle", "critic", "main"
 """The Tune experiments of an experiment, in order (``OUT/tune/mle``, ``OUT/tune/critic`` with
 ``shared_critic``, ``OUT/tune/main``)."""
@@ -186,6 +189,12 @@ class TrialSpec:
     bundles: list[dict[str, float]] = field(default_factory=list)
     """Ray resources of the trial: its driver first, then learners and rollout workers
     (``rayseq.experiments.resources.trial_bundles``)."""
+
+    def depends_on(self) -> list[str]:
+        """The run dirs of the experiment's earlier runs this one starts from: its MLE run, and the
+        shared critic or Q-net it is given (``algo.critic_init`` / ``algo.qnet_init``)."""
+        deps = [self.mle_run_dir] if self.mle_run_dir else []
+        return deps + [o.split("=", 1)[1] for o in self.overrides if o.startswith(SHARED_INIT_KEYS)]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
