@@ -269,3 +269,14 @@ def test_every_qnet_selection_rule_names_a_held_out_figure() -> None:
         VAMLConfig(qnet_select="bleu")
     with pytest.raises(ValueError, match="pq_tau=0.0"):
         VAMLConfig(pq_tau=0.0)
+
+
+def test_runs_share_a_qnet_only_when_its_step_1_settings_agree() -> None:
+    """Every ``qnet_*`` setting but the reuse switches decides the shared Q-net; step 2's do not."""
+    from dataclasses import fields
+
+    from rayseq.experiments.spec import QNET_FIELDS
+
+    step1 = {f.name for f in fields(VAMLConfig) if f.name.startswith("qnet_")} - {"qnet_init", "qnet_only"}
+    assert step1 <= QNET_FIELDS
+    assert not {"pq_tau", "mix_prob", "mix_mode", "num_samples", "raml_tau"} & QNET_FIELDS

@@ -263,7 +263,7 @@ def critic_setting(cfg: ExperimentConfig, arm: Arm) -> str | None:
 QNET_FIELDS: frozenset[str] = frozenset({
     "tau", "qnet_epochs", "qnet_lr", "qnet_lr_decay", "qnet_max_decays", "qnet_batch_size", "num_corruptions",
     "corrupt_prob", "qnet_target_beta", "qnet_replay", "qnet_replay_fraction", "qnet_valid_sentences",
-    "qnet_grad_clip", "bleu_smooth", "n_specials", "exclude_tokens",
+    "qnet_grad_clip", "qnet_select", "bleu_smooth", "n_specials", "exclude_tokens",
 })
 """The VAML settings its step 1 (the Q-net) reads: runs that agree on these and on the run-level
 settings can share one Q-net."""
