@@ -278,7 +278,7 @@ def save_critic_file(path: PathLike, state_dict: dict[str, Any], critic_config: 
     """``{"format", "critic_config", "state_dict", "meta"}`` as one ``torch.save``, written atomically
     (a critic of an actor-critic run, or VAML's Q-net with its own ``fmt``)."""
     payload = {"format": fmt, "critic_config": dict(critic_config),
-               "state_dict": {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()},
+               "state_dict": {k: torch.as_tensor(np.array(v)) for k, v in state_dict.items()},  # a copy: Ray hands read-only arrays
                "meta": _jsonable(meta, "meta")}
     return atomic_write(path, lambda f: torch.save(payload, f))
 
