@@ -273,12 +273,19 @@ QNET_FILE = "qnet.pt"
 """The Q-net a VAML run trained (the best by held-out Eq. 16 error) or used (``algo.qnet_init``)."""
 
 
+def _own_tensor(value: Any) -> torch.Tensor:
+    """A CPU tensor that owns its memory: a tensor cloned, an array copied (Ray hands read-only arrays)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    return torch.from_numpy(np.array(value, copy=True))
+
+
 def save_critic_file(path: PathLike, state_dict: dict[str, Any], critic_config: dict[str, Any], meta: dict[str, Any],
                      fmt: str = CRITIC_FORMAT) -> Path:
     """``{"format", "critic_config", "state_dict", "meta"}`` as one ``torch.save``, written atomically
     (a critic of an actor-critic run, or VAML's Q-net with its own ``fmt``)."""
     payload = {"format": fmt, "critic_config": dict(critic_config),
-               "state_dict": {k: torch.as_tensor(np.array(v)) for k, v in state_dict.items()},  # a copy: Ray hands read-only arrays
+               "state_dict": {k: _own_tensor(v) for k, v in state_dict.items()},
                "meta": _jsonable(meta, "meta")}
     return atomic_write(path, lambda f: torch.save(payload, f))
 
