@@ -165,7 +165,7 @@ def test_qnet_stage_keeps_the_best_qnet_and_decays_on_plateau(tmp_path, ray_sess
     """The best Q-net by ``algo.qnet_select`` is kept and step 2 uses it; the lr decays after a pass
     that did not improve that figure (replayed from the log)."""
     from rayseq.actor_io import QNET_FILE
-    from rayseq.drivers.vaml import QNET_SELECT_METRIC
+    from rayseq.algorithms.vaml import QNET_SELECT
     from rayseq.train import train
 
     run = tmp_path / "vaml"
@@ -173,7 +173,7 @@ def test_qnet_stage_keeps_the_best_qnet_and_decays_on_plateau(tmp_path, ray_sess
                            ["epochs=1", "algo.qnet_epochs=4", "algo.qnet_lr=0.05", "algo.qnet_max_decays=1",
                             "algo.qnet_valid_sentences=50", f"algo.qnet_select={select}"], out=str(run))
     results = train(cfg)
-    key = QNET_SELECT_METRIC[select]
+    key = QNET_SELECT[select]
     sign = -1.0 if select == "greedy_bleu" else 1.0  # compare as "lower is better"
     checks = [r for r in _records(run) if QNET_VALID_TD in r]
     assert len(checks) >= 2

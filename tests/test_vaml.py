@@ -262,9 +262,9 @@ def test_qnet_reads_the_redis_replay_of_an_erac_run(tmp_path, ray_session) -> No
 
 def test_every_qnet_selection_rule_names_a_held_out_figure() -> None:
     from rayseq.algorithms.vaml import QNET_SELECT
-    from rayseq.drivers.vaml import QNET_SELECT_METRIC
+    from rayseq.metrics import QNET_GREEDY_BLEU, QNET_VALID_TD
 
-    assert tuple(QNET_SELECT_METRIC) == QNET_SELECT
+    assert QNET_SELECT == {"valid_td": QNET_VALID_TD, "greedy_bleu": QNET_GREEDY_BLEU}
     with pytest.raises(ValueError, match="qnet_select='bleu'"):
         VAMLConfig(qnet_select="bleu")
     with pytest.raises(ValueError, match="pq_tau=0.0"):

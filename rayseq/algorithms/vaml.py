@@ -35,10 +35,12 @@ import torch.nn.functional as F
 
 from rayseq.algorithms.mle import SupervisedConfig
 from rayseq.algorithms.raml import N_SPECIALS, SAMPLERS, RAMLConfig
+from rayseq.metrics import QNET_GREEDY_BLEU, QNET_VALID_TD
 from rayseq.models.base import BOS, PAD
 
 MIX_MODES = ("bernoulli", "expected")
-QNET_SELECT = ("valid_td", "greedy_bleu")
+QNET_SELECT = {"valid_td": QNET_VALID_TD, "greedy_bleu": QNET_GREEDY_BLEU}
+"""``VAMLConfig.qnet_select`` → the held-out figure that picks the best Q-net."""
 
 
 @dataclass
@@ -122,7 +124,7 @@ class VAMLConfig(SupervisedConfig):
         if self.pq_tau is not None and not self.pq_tau > 0:
             raise ValueError(f"VAMLConfig.pq_tau={self.pq_tau}: must be > 0 (Eq. 17 divides by it), or none for tau.")
         if self.qnet_select not in QNET_SELECT:
-            raise ValueError(f"VAMLConfig.qnet_select={self.qnet_select!r}; use one of {QNET_SELECT}.")
+            raise ValueError(f"VAMLConfig.qnet_select={self.qnet_select!r}; use one of {tuple(QNET_SELECT)}.")
         if self.mix_mode not in MIX_MODES:
             raise ValueError(f"VAMLConfig.mix_mode={self.mix_mode!r}; use one of {MIX_MODES}.")
         if self.sampler not in SAMPLERS:

@@ -33,6 +33,7 @@ import torch
 from rayseq.algorithms.erac import step_masks
 from rayseq.algorithms.supervised_rows import qnet_episodes
 from rayseq.algorithms.vaml import (
+    QNET_SELECT,
     VAMLConfig,
     soft_max_value,
     soft_q_loss,
@@ -63,10 +64,6 @@ from rayseq.replay import run_replay_key
 from rayseq.rollout import collate
 from rayseq.run_dir import read_run_json
 
-
-
-QNET_SELECT_METRIC = {"valid_td": QNET_VALID_TD, "greedy_bleu": QNET_GREEDY_BLEU}
-"""``VAMLConfig.qnet_select`` → the held-out figure that picks the best Q-net."""
 
 
 def qnet_config(cfg: RunConfig, task: Task) -> CriticConfig:
@@ -181,7 +178,7 @@ def qnet_stage(run: Run) -> dict[str, Any]:
         n_pairs = len(task.split("train"))
         per_epoch = max(1, math.ceil(n_pairs / v.qnet_batch_size))
         total = math.ceil(v.qnet_epochs * n_pairs / v.qnet_batch_size)
-        select = QNET_SELECT_METRIC[v.qnet_select]
+        select = QNET_SELECT[v.qnet_select]
         schedule = PlateauSchedule(lr=v.qnet_lr, decay=v.qnet_lr_decay, max_decays=v.qnet_max_decays,
                                    higher_is_better=select == QNET_GREEDY_BLEU)
         if "qnet_schedule" in run.state:
