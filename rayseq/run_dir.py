@@ -56,6 +56,7 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "out",
     "epochs",
     "algo_config.max_epochs",  # mirrors epochs (rayseq.config.SHARED_FIELDS)
+    "algo_config.budget_epochs",  # fine-tuning: the update budget, in epochs
     "data_dir",
     "num_gpus_per_learner",
     "log_every",
@@ -70,6 +71,11 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
 """Dotted run.json keys that may differ when a run is resumed: where it is written, how long it
 runs, where the data lives, which device and processes, how often it logs. Anything else changes
 the run."""
+
+
+BUDGET_KEYS: tuple[str, str] = ("epochs", "algo_config.budget_epochs")
+"""The dotted run.json keys that bound an actor-epoch run (``rayseq.drivers.supervised``: MLE, RAML
+and VAML's step 2): it stops after ``epochs`` epochs or ``budget_epochs`` epochs of updates (0: off)."""
 
 
 class RunDirError(ValueError):
@@ -136,6 +142,27 @@ def config_differences(
             show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
             diffs.append(f"{key}: {show(va)} → {show(vb)}")
     return diffs
+
+
+def run_budget(run_config: Mapping[str, Any]) -> float | None:
+    """The epochs a run trains at most under :data:`BUDGET_KEYS`; None for a run without an update
+    budget (actor-critic, swap-ins: their stages are sized by other keys)."""
+    flat = flatten_dotted(json.loads(json.dumps(run_config)))
+    epochs, budget = flat.get(BUDGET_KEYS[0]), flat.get(BUDGET_KEYS[1])
+    if epochs is None or budget is None:
+        return None
+    return min(float(epochs), float(budget)) if budget else float(epochs)
+
+
+def budget_grows(
+    old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> bool:
+    """Whether ``new`` is the run ``old`` describes trained longer: equal up to :data:`RESUME_MAY_CHANGE`,
+    with a larger :func:`run_budget`. Such a run, finished, is extended by resuming it."""
+    before, after = run_budget(old), run_budget(new)
+    if before is None or after is None or after <= before:
+        return False
+    return not config_differences(old, new, RESUME_MAY_CHANGE, defaults)
 
 
 def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -283,6 +310,7 @@ def read_results(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 __all__ = [
     "ACTOR_FILES",
+    "BUDGET_KEYS",
     "CHECKPOINT_DIR",
     "METRICS_JSONL",
     "MLE_DIR",
@@ -294,6 +322,7 @@ __all__ = [
     "RunDirError",
     "atomic_write_bytes",
     "atomic_write_json",
+    "budget_grows",
     "config_differences",
     "flatten_dotted",
     "has_checkpoint",
@@ -304,5 +333,6 @@ __all__ = [
     "write_stages",
     "prepare_run_dir",
     "read_run_json",
+    "run_budget",
     "write_results",
 ]

@@ -416,6 +416,27 @@ def test_resume_a_run_written_before_a_setting_existed(tmp_path: Path) -> None:
         prepare_run_dir(out, to_dict(sharper), resume=True, defaults=field_defaults(sharper))
 
 
+def test_a_larger_budget_extends_the_same_run_only() -> None:
+    """``budget_grows``: the same run with more epochs or a larger ``algo.budget_epochs`` (whichever
+    binds) is an extension; a smaller or equal budget, any other changed setting, or a run without an
+    update budget (actor-critic) is not."""
+    from rayseq.algorithms.erac import ERACConfig
+    from rayseq.run_dir import budget_grows, run_budget
+
+    def raml(*overrides: str, out: str = "/runs/a") -> dict:
+        return to_dict(build_run_config("raml", RAMLConfig, "cpu", "toy", ["epochs=1", "algo.budget_epochs=0.5", *overrides], out=out))
+
+    base = raml()
+    assert run_budget(base) == 0.5 and run_budget(raml("algo.budget_epochs=0")) == 1.0  # 0: the epochs bind
+    assert budget_grows(base, raml("algo.budget_epochs=1"))
+    assert budget_grows(base, raml("epochs=2", "algo.budget_epochs=2", out="/runs/b"))  # where it is written may change
+    assert not budget_grows(base, raml("epochs=3"))  # the budget still binds at 0.5
+    assert not budget_grows(raml("algo.budget_epochs=1"), base)  # shorter
+    assert not budget_grows(base, raml("algo.budget_epochs=1", "algo.lr=0.1"))  # another run
+    erac = to_dict(build_run_config("erac", ERACConfig, "cpu", "toy", []))
+    assert run_budget(erac) is None and not budget_grows(erac, to_dict(build_run_config("erac", ERACConfig, "cpu", "toy", ["epochs=9"])))
+
+
 def test_resume_without_run_json(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="no run to resume"):
         prepare_run_dir(tmp_path / "nothing", to_dict(_build(task="toy")), resume=True)

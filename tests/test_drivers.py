@@ -329,6 +329,31 @@ def test_mle_continued_for_the_rl_stage_budget_validates_mid_epoch_and_resumes(t
     check_bleu(run, resumed, cfg)
 
 
+@pytest.mark.ray
+def test_a_finished_run_resumed_with_a_larger_budget_is_extended(tmp_path, mle_run):
+    """MLE continued for 3 updates (algo.budget_epochs=0.5 of 6 an epoch), finished, then resumed with
+    budget 1: it trains updates 4-6 and validates at 6, with the same losses as the run of budget 1 from
+    the start (no dropout; validations at the same steps, so the same lr) — the extension of a protocol
+    rerun with a larger ``--finetune-epochs``."""
+    from rayseq.train import train
+
+    common = (f"algo.actor_init={mle_run}", "algo.valid_every_updates=3", "epochs=4", "batch_size=500", "model.dropout=0.0")
+    whole = tmp_path / "whole"
+    train(_config("mle", whole, *common, "algo.budget_epochs=1"))
+    run = tmp_path / "run"
+    assert train(_config("mle", run, *common, "algo.budget_epochs=0.5"))["updates"] == 3
+    cfg = _config("mle", run, *common, "algo.budget_epochs=1")
+    longer = train(cfg, resume=True)
+    assert longer["updates"] == 6 and longer["epochs"] == 1
+    check_steps(run, BLEU_VALID, [0, 3, 6])
+    check_steps(run, "loss/actor", range(1, 7))
+    losses = [[r["loss/actor"] for r in read_metrics(d) if "loss/actor" in r] for d in (run, whole)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert [r[BLEU_VALID] for r in read_metrics(run) if BLEU_VALID in r] == [
+        r[BLEU_VALID] for r in read_metrics(whole) if BLEU_VALID in r]
+    check_bleu(run, longer, cfg)
+
+
 # ----------------------------------------------------------------------------- resuming mid-stage
 
 

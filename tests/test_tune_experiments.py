@@ -121,7 +121,8 @@ def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session
 def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
     """``reproduce vaml --shared-mle --shared-qnet`` on the toy task, 2 seeds: one MLE run and, beside it
     in the same phase, one Q-net run (step 1 only, no actor), then MLE continued, RAML and VAML from
-    that actor for the same 6 updates (0.02 of 300 an epoch), validated every 3; every VAML run trains with the one Q-net and makes no Q-net update."""
+    that actor for the same 6 updates (0.02 of 300 an epoch), validated every 3; every VAML run trains with the one Q-net and makes no Q-net update.
+    Rerun with ``finetune_epochs`` doubled, the finished runs are extended to 12 updates; halved, refused."""
     from rayseq.experiments.paper import Grid, reproduce
     from rayseq.metrics import BLEU_VALID, read_metrics
 
@@ -148,6 +149,24 @@ def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
     md = (out / "vaml.md").read_text()
     assert "vaml (from mle)" in md and "| vaml-from-mle-seed1235 | qnet_init" in md
     assert (out / "vaml.png").is_file()
+
+    # the same command with twice the budget: new Tune experiments (the old ones kept as PHASE.1) whose
+    # trials extend the finished runs to 12 updates; the MLE run and the Q-net are read back
+    longer = reproduce("vaml", "toy", seeds=2, out=str(out), preset="cpu", grid=Grid(finetune_epochs=0.04, finetune_checks=100),
+                       overrides=[*RUN2, *settings], shared_mle=True, shared_qnet=True, max_concurrent=2)
+    assert longer["tune"]["main"]["previous"] == str((out / "tune" / "main.1").resolve())
+    assert (out / "tune" / "mle.1").is_dir() and (out / "tune" / "main").is_dir()
+    assert all(r["status"] == "ok" for r in longer["runs"] + longer["critic_runs"]), longer["runs"]
+    assert all(r["reused"] for r in longer["mle_runs"] + longer["critic_runs"])
+    assert _results(qnet_dir)["qnet"] == qnet["qnet"]
+    for run in [r for r in longer["runs"] if r["label"] != "mle"]:
+        assert not run["reused"], run["key"]
+        results = _results(Path(run["run_dir"]))
+        assert results["updates"] == 12 and results["epochs"] == 0.04, (run["key"], results)
+        assert [r["step"] for r in read_metrics(Path(run["run_dir"])) if BLEU_VALID in r] == [0, 3, 6, 9, 12]
+    with pytest.raises(ValueError, match="a budget can only grow"):
+        reproduce("vaml", "toy", seeds=2, out=str(out), preset="cpu", grid=Grid(finetune_epochs=0.02, finetune_checks=100),
+                  overrides=[*RUN2, *settings], shared_mle=True, shared_qnet=True, max_concurrent=2)
 
 
 def test_a_failed_shared_qnet_stops_the_runs_that_start_from_it(tmp_path, ray_session):

@@ -8,7 +8,11 @@ once every MLE trial has ended, each of its RL trials from the best actor of its
 
 A phase whose Tune experiment exists is **restored** (``tune.Tuner.restore``): finished trials
 keep their results, unfinished ones continue from their checkpoints, errored ones keep their
-errors unless ``retry_errored``. A failing trial ends in ERROR with its exception; the others
+errors unless ``retry_errored``. A phase asked again with its trials' budgets raised and nothing
+else changed (e.g. ``--finetune-epochs`` 1 → 2) is a new Tune experiment instead — the old one is
+kept beside it, renamed — whose trials extend the finished runs (``rayseq.experiments.trial``).
+A budget that shrank is an error; any other changed setting is named on stderr (a restored trial
+keeps the settings it started with). A failing trial ends in ERROR with its exception; the others
 finish, and its row shows the error.
 """
 from __future__ import annotations
@@ -131,6 +135,12 @@ def _run_phase(cfg: ExperimentConfig, path: Path, specs: list[TrialSpec]) -> tup
     info: dict[str, Any] = {"path": str(path), "restored": False}
     if tune.Tuner.can_restore(str(path)):
         _check_same_trials(path, specs)
+        if _budgets_grew(path, specs, cfg.name):
+            kept = _set_aside(path)
+            info["previous"] = str(kept)
+            print(f"[{cfg.name}] the trials' budgets grew: a new Tune experiment in {path} extends the finished "
+                  f"runs (the earlier one is kept in {kept})", file=sys.stderr, flush=True)
+    if tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), _trainable(), resume_unfinished=True, resume_errored=cfg.retry_errored)
         info["restored"] = True
         print(f"[{cfg.name}] restoring the Tune experiment in {path}"
@@ -184,6 +194,61 @@ def _check_same_trials(path: Path, specs: list[TrialSpec]) -> None:
             f"only asked now: {', '.join(missing) or '-'}); rerun it with its own algorithms, seeds and settings, or "
             "choose another --out."
         )
+
+
+BUDGET_OVERRIDES: tuple[str, ...] = ("epochs=", "algo.budget_epochs=")
+"""The trial overrides that set a run's budget (``rayseq.run_dir.BUDGET_KEYS``)."""
+
+
+def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:
+    """A trial spec's settings, its budget overrides and resources left out."""
+    out = {k: v for k, v in spec.items() if k != "bundles"}
+    out["overrides"] = [o for o in spec.get("overrides", []) if not o.startswith(BUDGET_OVERRIDES)]
+    return out
+
+
+def _budgets_grew(path: Path, specs: list[TrialSpec], name: str) -> bool:
+    """Whether the phase's Tune experiment in ``path`` was started with these trials at smaller budgets
+    (``True``: start a new one). ValueError when a budget shrank; a warning on stderr when another
+    setting changed (Tune restores the trial as it was started: a shared Q-net serves step-2 settings
+    it was not started with)."""
+    grew = False
+    for spec in specs:
+        params = path / spec.key / "params.json"
+        if not params.is_file():  # a trial Tune never started: it runs with the new spec
+            continue
+        old = json.loads(params.read_text(encoding="utf-8")).get("trial", {})
+        new = spec.to_dict()
+        before, after = _override_budget(old.get("overrides", [])), _override_budget(new.get("overrides", []))
+        if after < before:
+            raise ValueError(
+                f"the Tune experiment in {path} ran trial {spec.key} for {before:g} epochs; a budget can only grow "
+                f"(asked now: {after:g}), since its run is trained past that: choose another --out."
+            )
+        grew = grew or after > before
+        a, b = _without_budget(old), _without_budget(new)
+        if a != b:
+            changed = sorted({o for o in a.get("overrides", [])} ^ {o for o in b.get("overrides", [])})
+            print(f"[{name}] note: trial {spec.key} was started with other settings ({', '.join(changed) or 'its spec'}); "
+                  "Tune keeps the settings a trial started with", file=sys.stderr, flush=True)
+    return grew
+
+
+def _override_budget(overrides: list[str]) -> float:
+    """The epochs a trial's overrides allow (``min(epochs, algo.budget_epochs)``; inf when unset)."""
+    values = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.startswith(BUDGET_OVERRIDES)}
+    caps = [float(v) for v in values.values() if v not in ("", "0", "0.0", "null", "None")]
+    return min(caps, default=math.inf)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a phase's Tune folder to ``PHASE.N`` (the first free N); returns the new path."""
+    n = 1
+    while path.with_name(f"{path.name}.{n}").exists():
+        n += 1
+    kept = path.with_name(f"{path.name}.{n}")
+    path.rename(kept)
+    return kept
 
 
 def _records(grid: Any, specs: list[TrialSpec], unfinished: str = "not finished") -> list[dict[str, Any]]:

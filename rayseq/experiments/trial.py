@@ -10,7 +10,10 @@ The checkpoint is the run directory, by reference: a small ``trial.json`` naming
 reported step. The run directory holds the driver's own checkpoints (replaced atomically), so the
 heavy state is never copied; a trial Tune restores finds its checkpoint and resumes the driver
 (``train(cfg, resume=True)``). A run that already finished (``results.json``: e.g. the driver was
-killed between the run's end and Tune's record of it) is read back, never trained again.
+killed between the run's end and Tune's record of it) is read back, never trained again — unless
+the trial asks for the same run with a larger budget (``rayseq.run_dir.budget_grows``: e.g. the
+``vaml`` protocol rerun with a larger ``--finetune-epochs``): then the run is **extended**, resumed
+from its last checkpoint with the new budget.
 
 A run directory must be reachable from every node that may run the trial (one machine, or a
 shared filesystem: the same condition as Tune's ``storage_path``).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import threading
 import time
@@ -56,7 +60,7 @@ def run_trial(config: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     last_step = _checkpoint_step(checkpoint)
     try:
-        if (run_dir / RESULTS_JSON).is_file():
+        if (run_dir / RESULTS_JSON).is_file() and not extends_finished_run(spec):
             results, reused = json.loads((run_dir / RESULTS_JSON).read_text(encoding="utf-8")), True
         else:
             reused = False
@@ -69,6 +73,32 @@ def run_trial(config: dict[str, Any]) -> None:
     (run_dir / ERROR_TXT).unlink(missing_ok=True)  # an earlier attempt's
     final = {**context, **outcome(results), "reused": reused, "ended_at": time.time()}
     _report(final, spec, final.get("updates", last_step))
+
+
+def trial_run_config(spec: TrialSpec) -> Any:
+    """The trial's ``RunConfig`` (the config ``train`` runs, ``run.json`` its ``to_dict``)."""
+    from rayseq.config import build_run_config
+    from rayseq.registry import get_algorithm
+
+    return build_run_config(spec.algo, get_algorithm(spec.algo).config_cls, spec.preset, spec.task, spec.overrides,
+                            out=spec.run_dir, data_dir=spec.data_dir)
+
+
+def extends_finished_run(spec: TrialSpec) -> bool:
+    """Whether the finished run in the trial's run directory is this trial's run with a smaller
+    budget, so that the trial resumes it to the new one (said on stderr) instead of reading it back."""
+    from rayseq.config import field_defaults, to_dict
+    from rayseq.run_dir import budget_grows, read_run_json, run_budget
+
+    cfg = trial_run_config(spec)
+    if getattr(cfg.algo_config, "qnet_only", False):  # VAML's step 1 alone: no actor epochs to extend
+        return False
+    old = read_run_json(spec.run_dir)
+    if not budget_grows(old, to_dict(cfg), field_defaults(cfg)):
+        return False
+    print(f"[{spec.key}] extending the finished run in {spec.run_dir} from {run_budget(old):g} to "
+          f"{run_budget(to_dict(cfg)):g} epochs (resumed from its last checkpoint)", file=sys.stderr, flush=True)
+    return True
 
 
 def outcome(results: dict[str, Any]) -> dict[str, Any]:
@@ -93,9 +123,7 @@ def outcome(results: dict[str, Any]) -> dict[str, Any]:
 
 def _train_and_report(spec: TrialSpec, context: dict[str, Any], resume: bool, last_step: int) -> dict[str, Any]:
     """``train()`` in a thread; its validations reported to Tune as they appear; its results returned."""
-    from rayseq.config import build_run_config
     from rayseq.errors import TrainingError
-    from rayseq.registry import get_algorithm
     from rayseq.run_dir import METRICS_JSONL, RESULTS_JSON
     from rayseq.train import train
 
@@ -104,8 +132,7 @@ def _train_and_report(spec: TrialSpec, context: dict[str, Any], resume: bool, la
             f"its MLE actor is missing: the mle run of seed {spec.seed} ({spec.mle_run_dir}) did not finish; "
             "see its row, fix it and rerun with --retry-errored."
         )
-    cfg = build_run_config(spec.algo, get_algorithm(spec.algo).config_cls, spec.preset, spec.task, spec.overrides,
-                           out=spec.run_dir, data_dir=spec.data_dir)
+    cfg = trial_run_config(spec)
     box: dict[str, Any] = {}
 
     def target() -> None:
