@@ -118,7 +118,7 @@ def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session
     assert "| critic-ac-seed1234 | 6 |" in md and "| critic-erac-seed1234 | 6 |" in md
 
 
-def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
+def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session, capfd):
     """``reproduce vaml --shared-mle --shared-qnet`` on the toy task, 2 seeds: one MLE run and, beside it
     in the same phase, one Q-net run (step 1 only, no actor), then MLE continued, RAML and VAML from
     that actor for the same 6 updates (0.02 of 300 an epoch), validated every 3; every VAML run trains with the one Q-net and makes no Q-net update.
@@ -149,6 +149,8 @@ def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session):
     md = (out / "vaml.md").read_text()
     assert "vaml (from mle)" in md and "| vaml-from-mle-seed1235 | qnet_init" in md
     assert (out / "vaml.png").is_file()
+    said = capfd.readouterr().err  # the Q-net run trains no actor: its line gives the Q-net's figures
+    assert f"qnet-vaml-seed1234 done: Q-net held-out TD {qnet['qnet']['qnet/valid_td']:.3f}, greedy BLEU given y*" in said
 
     # the same command with twice the budget: new Tune experiments (the old ones kept as PHASE.1) whose
     # trials extend the finished runs to 12 updates; the MLE run and the Q-net are read back

@@ -103,7 +103,7 @@ def extends_finished_run(spec: TrialSpec) -> bool:
 
 def outcome(results: dict[str, Any]) -> dict[str, Any]:
     """The figures a table needs from a run's ``results.json``."""
-    from rayseq.metrics import BLEU_VALID
+    from rayseq.metrics import BLEU_VALID, QNET_GREEDY_BLEU, QNET_VALID_TD
 
     test = results.get("test", {})
     out: dict[str, Any] = {
@@ -116,6 +116,9 @@ def outcome(results: dict[str, Any]) -> dict[str, Any]:
     }
     if results.get("updates") is not None:
         out["updates"] = int(results["updates"])
+    qnet = results.get("qnet") or {}
+    if qnet.get("source") == "trained":  # VAML's step 1 ran here (alone, for --shared-qnet: its figures are the row's)
+        out.update({key: float(qnet[key]) for key in (QNET_VALID_TD, QNET_GREEDY_BLEU) if qnet.get(key) is not None})
     if test.get("cider_d") is not None:  # captioning: CIDEr-D next to BLEU-4
         out["test_cider_d"] = float(test["cider_d"])
     return out
