@@ -21,6 +21,7 @@ from rayseq.algorithms.erac import (
     erac_actor_loss,
     gather_actions,
     policy_log_probs,
+    sharpen_log_probs,
     soft_td_target,
     soft_value,
     step_masks,
@@ -52,12 +53,13 @@ def _module_and_batch(seed: int = 0):
     return module, batch
 
 
-@pytest.mark.parametrize("variant", ["erac", "ac", "erac-nofutent"])
-def test_packed_learner_losses_and_gradients_equal_the_padded_equations(variant: str) -> None:
-    """The learner's one-pass packed computation == Eq. 18-20 on padded [N, T, V] tensors."""
+@pytest.mark.parametrize("variant,temperature", [("erac", 1.0), ("ac", 1.0), ("erac-nofutent", 1.0), ("erac", 0.5)])
+def test_packed_learner_losses_and_gradients_equal_the_padded_equations(variant: str, temperature: float) -> None:
+    """The learner's one-pass packed computation == Eq. 18-20 on padded [N, T, V] tensors (with the
+    critic target's policy sharpened: ``algo.target_temperature``)."""
     from rayseq.runtime.ac_learner import packed_losses
 
-    erac = ERACConfig.variant(variant, lambda_var=0.01, normalize_logpi_l2=variant == "erac")
+    erac = ERACConfig.variant(variant, lambda_var=0.01, normalize_logpi_l2=variant == "erac", target_temperature=temperature)
     module, b = _module_and_batch()
     assert bool(b["capped"].any()) and not bool(b["capped"].all())
     module.stage = "joint"
@@ -71,7 +73,7 @@ def test_packed_learner_losses_and_gradients_equal_the_padded_equations(variant:
     q = module.critic(b["ref"], b["ref_len"], b["tgt_in"])
     with torch.no_grad():
         q_bar = module.target_critic(b["ref"], b["ref_len"], b["tgt_in"])
-    logp = policy_log_probs(logits.detach())
+    logp = sharpen_log_probs(policy_log_probs(logits.detach()), temperature)
     target = soft_td_target(b["rewards"], soft_value(q_bar, logp, erac.target_tau, mask), done, mask)
     closs = critic_loss(gather_actions(q, b["actions"]), target, q, mask, erac.lambda_var)
     mle_logits = module.actor(b["src"], b["src_len"], b["ref_in"])

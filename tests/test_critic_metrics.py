@@ -12,6 +12,7 @@ from envs.oracle import OracleMDP, enumerate_sequences, soft_q_optimal, soft_q_p
 from rayseq.algorithms.critic_metrics import (
     average_ranks,
     boltzmann_entropy,
+    early_eos_pull,
     eos_margin,
     mc_rank_correlation,
     soft_returns,
@@ -19,12 +20,14 @@ from rayseq.algorithms.critic_metrics import (
     td_error_per_token,
     topk_accuracy,
 )
-from rayseq.algorithms.erac import soft_value, step_masks
+from rayseq.algorithms.erac import sharpen_log_probs, soft_value, step_masks
 from rayseq.algorithms.vaml import soft_max_value
 from rayseq.evaluation.critic import CRITIC_METRICS, score_critic, score_qnet
 from rayseq.metrics import (
     CRITIC_EOS_MARGIN,
     CRITIC_EOS_MARGIN_POSITIVE,
+    CRITIC_EARLY_EOS_PULL,
+    CRITIC_EARLY_EOS_PULL_POSITIVE,
     CRITIC_MC_RANK_CORR,
     CRITIC_TARGET_ENTROPY,
     CRITIC_TOP1_ACC,
@@ -135,6 +138,27 @@ def test_eos_margin_hand_computed() -> None:
     assert int(none.count) == 0 and math.isnan(float(none.mean)) and math.isnan(float(none.positive))
     with pytest.raises(ValueError, match="eos=0"):
         eos_margin(q, ref_len, mask, eos=0, exclude=(0,))
+
+
+def test_early_eos_pull_hand_computed() -> None:
+    """Q(s, eos) − Σ_w π(w|s) Q(s, w) on the states shorter than |y*| (π renormalised without the
+    excluded token 0, which has the largest logit here)."""
+    q = torch.zeros(2, 3, 5, dtype=D)  # eos = 3, token 0 excluded
+    logp = torch.zeros(2, 3, 5, dtype=D)  # uniform over the allowed tokens unless set
+    logp[..., 0] = 10.0
+    q[0, 0] = torch.tensor([99.0, 1, 2, 5, 4])  # t = 0 < 2: 5 − (1 + 2 + 5 + 4) / 4 = 2
+    q[0, 1] = torch.tensor([0.0, 2, 0, 1, 6])  # t = 1 < 2, π = ½ on tokens 1 and 4: 1 − 4 = −3
+    logp[0, 1] = torch.log(torch.tensor([1.0, 0.5, 0.0, 0.0, 0.5], dtype=D))
+    q[0, 2] = torch.tensor([0.0, 0, 0, 99, 0])  # t = 2 = |y*|: not scored
+    q[1, 0] = torch.tensor([0.0, 1, 1, 1, 1])  # t = 0 < 1: pull 0, not positive
+    q[1, 1] = torch.tensor([0.0, 0, 0, 99, 0])  # masked
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    got = early_eos_pull(q, logp, torch.tensor([2, 1]), mask, eos=3, exclude=(0,))
+    assert float(got.mean) == pytest.approx(-1 / 3) and float(got.positive) == pytest.approx(1 / 3) and int(got.count) == 3
+    none = early_eos_pull(q, logp, torch.tensor([0, 0]), mask, eos=3, exclude=(0,))
+    assert int(none.count) == 0 and math.isnan(float(none.mean))
+    with pytest.raises(ValueError, match="must both be"):
+        early_eos_pull(q, logp[:, :2], torch.tensor([2, 1]), mask, eos=3, exclude=(0,))
 
 
 # ============================================================================ exact oracle
@@ -252,6 +276,27 @@ def test_oracle_exact_q_has_zero_td_error_against_its_own_backup(tau: float) -> 
     assert td(q_opt, soft_value(q_opt, _logp_tensor(mdp, logp, ep), tau, ep["mask"], ORACLE_EXC)) > 1e-4
 
 
+@pytest.mark.parametrize("temperature", [0.5, 0.2])
+def test_a_sharpened_target_evaluates_the_sharpened_policy(temperature: float) -> None:
+    """``algo.target_temperature``: with V̄ = Σ π_T (Q − τ log π_T), π_T ∝ π^(1/T), the exact Q of π_T
+    (brute force, ``envs.oracle``) is the fixed point, not the Q of π."""
+    tau = 0.1
+    mdp = OracleMDP(ref=(4, 5, 6, 4), actions=ORACLE_ACTIONS, max_len=4)
+    ep = _episodes(mdp)
+    pi, logp = _random_policy(mdp, seed=2)
+    sharp = {s: p ** (1 / temperature) / (p ** (1 / temperature)).sum() for s, p in pi.items()}
+    logp_t = sharpen_log_probs(_logp_tensor(mdp, logp, ep), temperature)
+
+    def td(q_table: dict) -> float:
+        q = _q_tensor(mdp, q_table, ep)
+        taken = q.gather(-1, ep["actions"].unsqueeze(-1)).squeeze(-1)
+        values = soft_value(q, logp_t, tau, ep["mask"], ORACLE_EXC)
+        return float(td_error_per_token(taken, ep["rewards"], values, ep["done"], ep["mask"]))
+
+    assert td(soft_q_policy(mdp, tau, lambda s: sharp[s])) < 1e-24
+    assert td(soft_q_policy(mdp, tau, lambda s: pi[s])) > 1e-4
+
+
 def _random_policy(mdp: OracleMDP, seed: int) -> tuple[dict, dict]:
     """A fixed stochastic policy over ``mdp.actions`` at every state, and its log."""
     rng = np.random.default_rng(seed)
@@ -346,7 +391,8 @@ def test_score_critic_end_to_end_on_toy(toy_models) -> None:
     assert 0.0 <= out[CRITIC_TARGET_ENTROPY] <= math.log(v - 2) + 1e-6
     assert score_critic(critic, actor, split, 0.045, **kwargs) == out  # same seed, same numbers
     qnet = score_qnet(critic, split, 0.045, n_sentences=12, batch_size=5)
-    assert set(qnet) == set(CRITIC_METRICS) - {CRITIC_VALID_TD, CRITIC_MC_RANK_CORR}
+    assert set(qnet) == set(CRITIC_METRICS) - {CRITIC_VALID_TD, CRITIC_MC_RANK_CORR, CRITIC_EARLY_EOS_PULL,
+                                               CRITIC_EARLY_EOS_PULL_POSITIVE}  # the ones that need an actor
     for key in (CRITIC_TOP1_ACC, CRITIC_TOP5_ACC, CRITIC_EOS_MARGIN, CRITIC_EOS_MARGIN_POSITIVE):
         assert math.isclose(qnet[key], out[key], rel_tol=1e-6, abs_tol=1e-9)  # same reference prefixes
 
@@ -370,6 +416,8 @@ def test_score_critic_exact_on_a_state_independent_critic(toy_models) -> None:
     assert math.isclose(out[CRITIC_TOP1_ACC], n / sum(len(y) + 1 for y in refs), rel_tol=1e-6)
     assert math.isclose(out[CRITIC_EOS_MARGIN], 3.0 - 1.0, rel_tol=1e-6)
     assert out[CRITIC_EOS_MARGIN_POSITIVE] == 1.0
+    # eos has the largest Q everywhere, so it is above the policy's mean Q at every state (π(eos) < 1)
+    assert 0.0 < out[CRITIC_EARLY_EOS_PULL] < 3.0 - (-1.0) and out[CRITIC_EARLY_EOS_PULL_POSITIVE] == 1.0
     allowed = torch.ones(v, dtype=torch.bool)
     allowed[[PAD, BOS]] = False
     p = torch.softmax(c[allowed].double() / tau, -1)

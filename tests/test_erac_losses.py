@@ -29,6 +29,7 @@ from rayseq.algorithms.erac import (
     erac_actor_loss,
     gather_actions,
     policy_log_probs,
+    sharpen_log_probs,
     soft_td_target,
     soft_value,
     step_masks,
@@ -640,3 +641,18 @@ def test_actor_support_moves_mass_only_among_the_k_most_likely_tokens():
     actor_objective(full, q, mask, tau, exclude=()).backward()
     actor_objective(every, q, mask, tau, exclude=(), support=v).backward()
     torch.testing.assert_close(every.grad, full.grad)
+
+
+def test_sharpen_log_probs_is_the_renormalised_power_of_the_policy() -> None:
+    """log π_T = log(π^(1/T) / Σ π^(1/T)); T = 1 is π itself; excluded tokens stay −inf; T ≤ 0 refused."""
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, 0.5]], dtype=torch.float64)
+    logp = policy_log_probs(logits, exclude=(0,))
+    assert sharpen_log_probs(logp, 1.0) is logp
+    p2 = logp.exp() ** 2
+    torch.testing.assert_close(sharpen_log_probs(logp, 0.5).exp(), p2 / p2.sum())
+    assert sharpen_log_probs(logp, 0.5)[0, 0] == float("-inf")
+    assert int(sharpen_log_probs(logp, 1e-3).exp().argmax()) == 2 and float(sharpen_log_probs(logp, 1e-3).exp().max()) > 0.999
+    with pytest.raises(ValueError, match="temperature=0"):
+        sharpen_log_probs(logp, 0)
+    with pytest.raises(ValueError, match="target_temperature"):
+        ERACConfig(target_temperature=0.0)

@@ -12,7 +12,9 @@ the Q it learned is *useful*, on states the learner did not train on:
   steps like their Monte-Carlo soft return (Q^π of Eq. 9)? Spearman with :func:`spearman_corr`;
 * :func:`boltzmann_entropy` — entropy of softmax(Q/τ), the target ERAC's actor (Eq. 20) and
   VAML's actor (Eq. 17) are pulled toward;
-* :func:`eos_margin` — Q(s, eos) − max_{w≠eos} Q(s, w) on prefixes at least |y*| long.
+* :func:`eos_margin` — Q(s, eos) − max_{w≠eos} Q(s, w) on prefixes at least |y*| long;
+* :func:`early_eos_pull` — Q(s, eos) − E_π Q(s, ·) on the actor's states shorter than |y*|: does
+  the critic pull the actor toward stopping before the reference length?
 
 Step layout: that of ``rayseq.algorithms.erac`` (position t of an ``[N, T]`` / ``[N, T, V]``
 tensor is state s_t = y_1..t and its action a_t). Tokens in ``exclude`` (default ``<pad>``,
@@ -293,5 +295,46 @@ def eos_margin(
     return EosMargin(
         mean=_masked_mean(margin, states),
         positive=_masked_mean((margin > 0).to(qf.dtype), states),
+        count=states.sum(),
+    )
+
+
+# ======================================================================= 6. early eos pull
+
+
+@torch.no_grad()
+def early_eos_pull(
+    q: torch.Tensor,  # [N, T, V] Q(s_t, ·) on the actor's sampled states
+    logp: torch.Tensor,  # [N, T, V] log π(·|s_t) (−inf / anything at excluded tokens)
+    ref_len: torch.Tensor,  # [N] |y*| of each sample's reference
+    mask: torch.Tensor,  # [N, T] bool, states that exist
+    eos: int = EOS,
+    exclude: Sequence[int] = BANNED_TOKENS,
+) -> EosMargin:
+    """Advantage of stopping, Q(s_t, eos) − Σ_w π(w|s_t) Q(s_t, w), over the states with t < |y*|.
+
+    An actor-critic update raises log π(eos|s) when Q(s, eos) is above the policy's mean Q at s:
+    on the states shorter than the reference, where eos ends the output early (the brevity
+    penalty), a positive pull trains the actor to stop early and shortens its outputs. The mean
+    runs over the allowed tokens (not ``exclude``), with π renormalised over them. Returns the mean
+    pull, the share of positive pulls and the count of states scored.
+    """
+    if q.dim() != 3 or logp.shape != q.shape:
+        raise ValueError(f"early_eos_pull: q {tuple(q.shape)} and logp {tuple(logp.shape)} must both be [N, T, V].")
+    _check_steps("early_eos_pull", mask, q=q)
+    if ref_len.shape != (q.size(0),):
+        raise ValueError(f"early_eos_pull: ref_len {tuple(ref_len.shape)} must be [N] = [{q.size(0)}].")
+    if eos in tuple(exclude) or not 0 <= eos < q.size(-1):
+        raise ValueError(f"early_eos_pull: eos={eos} must be a token id < V={q.size(-1)} outside exclude={tuple(exclude)}.")
+    allowed = _allowed(q.size(-1), exclude, q.device)  # [V]
+    t = torch.arange(q.size(1), device=q.device).unsqueeze(0)  # [1, T]
+    states = mask.bool() & (t < ref_len.to(q.device).long().unsqueeze(1))  # [N, T]
+    qf = q if q.dtype in (torch.float32, torch.float64) else q.float()
+    pi = torch.softmax(logp.to(qf.dtype).masked_fill(~allowed, float("-inf")), dim=-1)  # [N, T, V]
+    mean_q = (pi * qf.masked_fill(~allowed, 0.0)).sum(-1)  # [N, T]
+    pull = torch.where(states, qf[..., eos] - mean_q, torch.zeros_like(mean_q))  # [N, T]
+    return EosMargin(
+        mean=_masked_mean(pull, states),
+        positive=_masked_mean((pull > 0).to(qf.dtype), states),
         count=states.sum(),
     )

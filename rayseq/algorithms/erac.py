@@ -73,6 +73,11 @@ class ERACConfig:
     critic_tau: float | None = None
     """τ inside the critic's target V̄ (Eq. 19); None = ``tau``; 0 with tau > 0 is the
     "ERAC w/o future entropy" ablation (Table 4)."""
+    target_temperature: float = 1.0
+    """T of the policy the critic's target V̄ (Eq. 19) evaluates: π_T ∝ π^{1/T} (``sharpen_log_probs``).
+    1 = π itself (the paper). Below 1 the critic learns the value of continuing as a sharper policy
+    does — nearer the greedy / beam decoder that is scored — than as a temperature-1 sample does
+    (an expected-SARSA target: off-policy-correct for any T). Must be > 0."""
     beta: float = 0.001
     """β: Polyak rate of the target critic, φ̄ ← (1 − β)φ̄ + βφ after every step; in (0, 1]."""
     lambda_var: float = 0.001
@@ -187,6 +192,12 @@ class ERACConfig:
             raise ValueError(
                 f"ERACConfig.critic_tau (τ of the critic target V̄) = {self.critic_tau!r}: must be "
                 f"None (= tau) or a finite number >= 0 (0 = no future entropy)."
+            )
+        if not (isinstance(self.target_temperature, (int, float)) and math.isfinite(self.target_temperature)
+                and self.target_temperature > 0):
+            raise ValueError(
+                f"ERACConfig.target_temperature (T of the critic target's policy π^(1/T)) = {self.target_temperature!r}: "
+                f"must be a finite number > 0 (1 = the actor's own policy, the paper)."
             )
         if not (math.isfinite(self.beta) and 0.0 < self.beta <= 1.0):
             raise ValueError(
@@ -420,6 +431,18 @@ def policy_log_probs(
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
     return F.log_softmax(mask_logits(logits, exclude), dim=-1)
+
+
+def sharpen_log_probs(logp: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log π_T ``[..., V]`` of π_T(w|s) = π(w|s)^{1/T} / Σ_v π(v|s)^{1/T}: log_softmax(log π / T).
+
+    T = 1 returns ``logp`` itself; T → 0 tends to the greedy policy; −inf (excluded tokens) stays −inf.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"sharpen_log_probs: temperature={temperature!r} must be a finite number > 0.")
+    if temperature == 1.0:
+        return logp
+    return F.log_softmax(logp / temperature, dim=-1)
 
 
 def gather_actions(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

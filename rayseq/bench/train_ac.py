@@ -84,6 +84,7 @@ def run(cfg: ACTrainBenchConfig) -> dict:
         critic_loss,
         gather_actions,
         policy_log_probs,
+        sharpen_log_probs,
         soft_td_target,
         soft_value,
         step_masks,
@@ -161,7 +162,8 @@ def run(cfg: ACTrainBenchConfig) -> dict:
             q_bar = target(b["ref"], b["ref_len"], b["tgt_in"])
         q = critic(b["ref"], b["ref_len"], b["tgt_in"])
         mask, done = step_masks(b["lengths"], b["capped"], q.size(1))
-        tgt = soft_td_target(b["rewards"], soft_value(q_bar, logp, erac.target_tau, mask), done, mask)
+        v_bar = soft_value(q_bar, sharpen_log_probs(logp, erac.target_temperature), erac.target_tau, mask)
+        tgt = soft_td_target(b["rewards"], v_bar, done, mask)
         critic_loss(gather_actions(q, b["actions"]), tgt, q, mask, erac.lambda_var).loss.backward()
 
     def phase_actor() -> None:

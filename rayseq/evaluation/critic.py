@@ -26,6 +26,7 @@ import torch
 
 from rayseq.algorithms.critic_metrics import (
     boltzmann_entropy,
+    early_eos_pull,
     eos_margin,
     mc_rank_correlation,
     soft_returns,
@@ -36,6 +37,7 @@ from rayseq.algorithms.erac import (
     capped_at,
     gather_actions,
     policy_log_probs,
+    sharpen_log_probs,
     soft_value,
     step_masks,
     token_rewards,
@@ -43,6 +45,8 @@ from rayseq.algorithms.erac import (
 from rayseq.data.batching import pad_batch
 from rayseq.decoding import BANNED_TOKENS, sample, teacher_forcing_io
 from rayseq.metrics import (
+    CRITIC_EARLY_EOS_PULL,
+    CRITIC_EARLY_EOS_PULL_POSITIVE,
     CRITIC_EOS_MARGIN,
     CRITIC_EOS_MARGIN_POSITIVE,
     CRITIC_MC_RANK_CORR,
@@ -58,7 +62,7 @@ from rayseq.models.seq2seq import Seq2Seq
 
 CRITIC_METRICS: dict[str, str] = {k: METRIC_NAMES[k] for k in (
     CRITIC_VALID_TD, CRITIC_TOP1_ACC, CRITIC_TOP5_ACC, CRITIC_MC_RANK_CORR, CRITIC_TARGET_ENTROPY,
-    CRITIC_EOS_MARGIN, CRITIC_EOS_MARGIN_POSITIVE,
+    CRITIC_EOS_MARGIN, CRITIC_EOS_MARGIN_POSITIVE, CRITIC_EARLY_EOS_PULL, CRITIC_EARLY_EOS_PULL_POSITIVE,
 )}
 """What each key of :func:`score_critic` / :func:`score_qnet` measures."""
 
@@ -159,6 +163,7 @@ def score_critic(
     n_sentences: int = 200,
     *,
     critic_tau: float | None = None,
+    target_temperature: float = 1.0,
     len_slack: int = 10,
     max_len: int = 50,
     samples_per_source: int = 1,
@@ -178,6 +183,7 @@ def score_critic(
       n_sentences: score the first this many sentences.
       critic_tau: τ of the critic's target V̄ (Eq. 19) and of the soft return; None = ``tau``
         (``ERACConfig.target_tau``).
+      target_temperature: T of the policy π^(1/T) that V̄ evaluates (``ERACConfig.target_temperature``).
       len_slack, max_len: the training samples' cap, min(|y*| + len_slack, max_len) tokens; a
         sample at the cap ends at its last token (no eos step), as in the env.
       samples_per_source: samples drawn per source.
@@ -205,6 +211,7 @@ def score_critic(
     gen = torch.Generator(device=device).manual_seed(int(seed))
     k = samples_per_source
     td, ent, top1, top5, margin, positive = _Mean(), _Mean(), _Mean(), _Mean(), _Mean(), _Mean()
+    pull, pull_positive = _Mean(), _Mean()
     q_taken_all: list[torch.Tensor] = []
     returns_all: list[torch.Tensor] = []
     with _EvalMode(critic, actor):
@@ -225,12 +232,15 @@ def score_critic(
             # Critic and actor on the sampled states
             q = critic.decode(critic.expand_encoder(critic.encode(ref, ref_len), k), tgt_in)  # [N, T, V]
             logp = policy_log_probs(actor.decode(actor.expand_encoder(actor.encode(src, src_len), k), tgt_in), exclude)
-            values = soft_value(q, logp, v_tau, mask, exclude)  # [N, T] V(s_t), Eq. (9)
+            values = soft_value(q, sharpen_log_probs(logp, target_temperature), v_tau, mask, exclude)  # [N, T] V(s_t), Eq. (9)
             q_taken = gather_actions(q, actions)  # [N, T]
             n_steps = mask.sum()
             td.add(td_error_per_token(q_taken, rewards, values, done, mask), n_steps)
             ent.add(boltzmann_entropy(q, tau, mask, exclude), n_steps)
             g = soft_returns(rewards, gather_actions(logp, actions), mask, v_tau)  # [N, T]
+            early = early_eos_pull(q, logp, ref_len.repeat_interleave(k), mask, EOS, exclude)
+            pull.add(early.mean, early.count)
+            pull_positive.add(early.positive, early.count)
             q_taken_all.append(q_taken[mask].double().cpu())
             returns_all.append(g[mask].double().cpu())
             # Reference prefixes
@@ -251,6 +261,8 @@ def score_critic(
         CRITIC_TOP5_ACC: top5.value,
         CRITIC_EOS_MARGIN: margin.value,
         CRITIC_EOS_MARGIN_POSITIVE: positive.value,
+        CRITIC_EARLY_EOS_PULL: pull.value,
+        CRITIC_EARLY_EOS_PULL_POSITIVE: pull_positive.value,
     }
 
 
@@ -340,6 +352,7 @@ def score_run_critic(run_dir: str | os.PathLike[str], n_sentences: int | None = 
         actor = load_actor(resolve_actor(run_dir, which)).model
         critic_tau = algo.get("critic_tau")
         metrics = score_critic(model, actor, valid, tau, n, critic_tau=tau if critic_tau is None else float(critic_tau),
+                               target_temperature=float(algo.get("target_temperature", 1.0)),
                                len_slack=int(algo.get("sample_len_slack", 10)), max_len=int(algo.get("max_sample_len", 50)),
                                seed=int(algo.get("seed", 0)), exclude=exclude)
     return {"run_dir": os.fspath(run_dir), "file": os.fspath(path), "kind": "qnet" if qnet else "critic",
