@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continued-epochs", type=float,
                    help="ac: epochs of 'MLE continued', a fraction allowed (default: ERAC's algo.joint_epochs, the RL stage's budget)")
     p.add_argument("--finetune-epochs", type=float,
-                   help="vaml: epochs each of MLE continued, RAML and VAML trains from the MLE actor (default 1)")
+                   help="vaml: epochs each of MLE continued, RAML and VAML trains from the MLE actor (default 1); "
+                        "rerun with a larger value and the same --out to extend the finished runs")
     p.add_argument("--finetune-checks", type=int,
                    help="vaml: validations per epoch of each fine-tuning row (default 2)")
     add_experiment_arguments(p, seeds_default=None)
