@@ -253,6 +253,16 @@ def boltzmann_entropy(
 # ======================================================================= 5. eos margin
 
 
+def _check_eos_args(fn: str, q: torch.Tensor, ref_len: torch.Tensor, mask: torch.Tensor, eos: int,
+                    exclude: Sequence[int]) -> None:
+    """``mask`` is q's ``[N, T]``, ``ref_len`` is ``[N]``, ``eos`` an allowed token id of q's vocabulary."""
+    _check_steps(fn, mask, q=q)
+    if ref_len.shape != (q.size(0),):
+        raise ValueError(f"{fn}: ref_len {tuple(ref_len.shape)} must be [N] = [{q.size(0)}].")
+    if eos in tuple(exclude) or not 0 <= eos < q.size(-1):
+        raise ValueError(f"{fn}: eos={eos} must be a token id < V={q.size(-1)} outside exclude={tuple(exclude)}.")
+
+
 class EosMargin(NamedTuple):
     """Q(s, eos) − max_{w≠eos} Q(s, w) on prefixes at least |y*| long."""
 
@@ -278,11 +288,7 @@ def eos_margin(
     """
     if q.dim() != 3:
         raise ValueError(f"eos_margin: q must be [N, T, V], got {tuple(q.shape)}.")
-    _check_steps("eos_margin", mask, q=q)
-    if ref_len.shape != (q.size(0),):
-        raise ValueError(f"eos_margin: ref_len {tuple(ref_len.shape)} must be [N] = [{q.size(0)}].")
-    if eos in tuple(exclude) or not 0 <= eos < q.size(-1):
-        raise ValueError(f"eos_margin: eos={eos} must be a token id < V={q.size(-1)} outside exclude={tuple(exclude)}.")
+    _check_eos_args("eos_margin", q, ref_len, mask, eos, exclude)
     allowed = _allowed(q.size(-1), exclude, q.device)  # [V]
     allowed[eos] = False
     if not bool(allowed.any()):
@@ -321,11 +327,7 @@ def early_eos_pull(
     """
     if q.dim() != 3 or logp.shape != q.shape:
         raise ValueError(f"early_eos_pull: q {tuple(q.shape)} and logp {tuple(logp.shape)} must both be [N, T, V].")
-    _check_steps("early_eos_pull", mask, q=q)
-    if ref_len.shape != (q.size(0),):
-        raise ValueError(f"early_eos_pull: ref_len {tuple(ref_len.shape)} must be [N] = [{q.size(0)}].")
-    if eos in tuple(exclude) or not 0 <= eos < q.size(-1):
-        raise ValueError(f"early_eos_pull: eos={eos} must be a token id < V={q.size(-1)} outside exclude={tuple(exclude)}.")
+    _check_eos_args("early_eos_pull", q, ref_len, mask, eos, exclude)
     allowed = _allowed(q.size(-1), exclude, q.device)  # [V]
     t = torch.arange(q.size(1), device=q.device).unsqueeze(0)  # [1, T]
     states = mask.bool() & (t < ref_len.to(q.device).long().unsqueeze(1))  # [N, T]
