@@ -66,7 +66,7 @@ CRITIC_MC_RANK_CORR = "critic/mc_rank_corr"  # Spearman ρ of Q(s_t, a_t) with t
 CRITIC_TARGET_ENTROPY = "critic/target_entropy"  # mean entropy of softmax(Q/τ), the actor's target (Eq. 20 / 17)
 CRITIC_EOS_MARGIN = "critic/eos_margin"  # mean Q(s, eos) − max_{w≠eos} Q(s, w) on the complete reference
 CRITIC_EOS_MARGIN_POSITIVE = "critic/eos_margin_positive"  # share of those states with a positive margin
-CRITIC_EARLY_EOS_PULL = "critic/early_eos_pull"  # mean Q(s, eos) − E_π Q(s, ·) on sampled states shorter than |y*|
+CRITIC_EARLY_EOS_PULL = "critic/early_eos_pull"  # mean Q(s, eos) − E_π Q(s, ·) on sampled states 1–2 tokens short of |y*|
 CRITIC_EARLY_EOS_PULL_POSITIVE = "critic/early_eos_pull_positive"  # share of those states with a positive pull
 
 METRIC_NAMES: dict[str, str] = {
@@ -113,7 +113,7 @@ METRIC_NAMES: dict[str, str] = {
     "on the actor's sampled states (score_critic) or the reference prefixes (score_qnet)",
     CRITIC_EOS_MARGIN: "mean Q(y*, eos) − max_{w≠eos} Q(y*, w) on the complete reference (> 0: the critic says stop)",
     CRITIC_EOS_MARGIN_POSITIVE: "share of references where that margin is > 0",
-    CRITIC_EARLY_EOS_PULL: "mean Q(s, eos) − Σ_w π(w|s) Q(s, w) on the actor's sampled states shorter than |y*| (> 0: the critic pulls the actor to stop early)",
+    CRITIC_EARLY_EOS_PULL: "mean Q(s, eos) − Σ_w π(w|s) Q(s, w) on the actor's sampled states 1–2 tokens short of |y*| (> 0: the critic pulls the actor to stop early)",
     CRITIC_EARLY_EOS_PULL_POSITIVE: "share of those states where that pull is > 0",
 }
 """Every shared metric name → what it measures. Log these names; others are allowed but

@@ -141,8 +141,8 @@ def test_eos_margin_hand_computed() -> None:
 
 
 def test_early_eos_pull_hand_computed() -> None:
-    """Q(s, eos) − Σ_w π(w|s) Q(s, w) on the states shorter than |y*| (π renormalised without the
-    excluded token 0, which has the largest logit here)."""
+    """Q(s, eos) − Σ_w π(w|s) Q(s, w) on the (last 2, then last 1) states shorter than |y*| (π
+    renormalised without the excluded token 0, which has the largest logit here)."""
     q = torch.zeros(2, 3, 5, dtype=D)  # eos = 3, token 0 excluded
     logp = torch.zeros(2, 3, 5, dtype=D)  # uniform over the allowed tokens unless set
     logp[..., 0] = 10.0
@@ -155,6 +155,8 @@ def test_early_eos_pull_hand_computed() -> None:
     mask = torch.tensor([[True, True, True], [True, False, False]])
     got = early_eos_pull(q, logp, torch.tensor([2, 1]), mask, eos=3, exclude=(0,))
     assert float(got.mean) == pytest.approx(-1 / 3) and float(got.positive) == pytest.approx(1 / 3) and int(got.count) == 3
+    last = early_eos_pull(q, logp, torch.tensor([2, 1]), mask, eos=3, exclude=(0,), window=1)  # t = |y*| − 1 only
+    assert float(last.mean) == -1.5 and float(last.positive) == 0.0 and int(last.count) == 2
     none = early_eos_pull(q, logp, torch.tensor([0, 0]), mask, eos=3, exclude=(0,))
     assert int(none.count) == 0 and math.isnan(float(none.mean))
     with pytest.raises(ValueError, match="must both be"):

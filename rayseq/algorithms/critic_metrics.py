@@ -316,21 +316,27 @@ def early_eos_pull(
     mask: torch.Tensor,  # [N, T] bool, states that exist
     eos: int = EOS,
     exclude: Sequence[int] = BANNED_TOKENS,
+    window: int = 2,
 ) -> EosMargin:
-    """Advantage of stopping, Q(s_t, eos) − Σ_w π(w|s_t) Q(s_t, w), over the states with t < |y*|.
+    """Advantage of stopping, Q(s_t, eos) − Σ_w π(w|s_t) Q(s_t, w), over the last ``window`` states
+    before the reference length: |y*| − window ≤ t < |y*|.
 
     An actor-critic update raises log π(eos|s) when Q(s, eos) is above the policy's mean Q at s:
     on the states shorter than the reference, where eos ends the output early (the brevity
-    penalty), a positive pull trains the actor to stop early and shortens its outputs. The mean
+    penalty), a positive pull trains the actor to stop early and shortens its outputs. Far from
+    the end stopping is plainly bad; the window keeps the states where it is a close call. The mean
     runs over the allowed tokens (not ``exclude``), with π renormalised over them. Returns the mean
     pull, the share of positive pulls and the count of states scored.
     """
+    if not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"early_eos_pull: window={window!r} must be an int >= 1.")
     if q.dim() != 3 or logp.shape != q.shape:
         raise ValueError(f"early_eos_pull: q {tuple(q.shape)} and logp {tuple(logp.shape)} must both be [N, T, V].")
     _check_eos_args("early_eos_pull", q, ref_len, mask, eos, exclude)
     allowed = _allowed(q.size(-1), exclude, q.device)  # [V]
     t = torch.arange(q.size(1), device=q.device).unsqueeze(0)  # [1, T]
-    states = mask.bool() & (t < ref_len.to(q.device).long().unsqueeze(1))  # [N, T]
+    lengths = ref_len.to(q.device).long().unsqueeze(1)  # [N, 1]
+    states = mask.bool() & (t < lengths) & (t >= lengths - window)  # [N, T]
     qf = q if q.dtype in (torch.float32, torch.float64) else q.float()
     pi = torch.softmax(logp.to(qf.dtype).masked_fill(~allowed, float("-inf")), dim=-1)  # [N, T, V]
     mean_q = (pi * qf.masked_fill(~allowed, 0.0)).sum(-1)  # [N, T]
