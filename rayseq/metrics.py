@@ -30,6 +30,7 @@ LOSS_ACTOR = "loss/actor"
 LOSS_CRITIC_TD = "loss/critic_td"
 LOSS_MLE = "loss/mle"
 ENTROPY = "entropy"
+TAU = "tau"  # the entropy weight τ in force (changes under the automatic temperature, algo.target_entropy)
 BLEU_VALID = "bleu/valid"
 BLEU_TEST = "bleu/test"
 TOKENS_PER_S = "throughput/tokens_per_s"
@@ -74,6 +75,7 @@ METRIC_NAMES: dict[str, str] = {
     LOSS_CRITIC_TD: "squared TD error: ERAC/AC critic Eq. 18 (target Eq. 19), VAML Q-net Eq. 16",
     LOSS_MLE: "reference NLL (summed over time, batch mean), e.g. ERAC's auxiliary λ_mle term",
     ENTROPY: "mean per-token entropy of the actor's policy π(·|s), in nats",
+    TAU: "the entropy weight τ of ERAC's actor (and critic target) in force; adapted every update under algo.target_entropy",
     BLEU_VALID: "corpus BLEU-4 (0-100) on the validation split (or its first valid_max_sentences)",
     BLEU_TEST: "corpus BLEU-4 (0-100) on the test split",
     TOKENS_PER_S: "target tokens trained on per second of wall time",

@@ -410,6 +410,35 @@ def test_resume_mid_joint_stage(tmp_path, mle_run, monkeypatch, nth):
 
 
 @pytest.mark.ray
+def test_automatic_temperature_follows_its_equation_across_a_resume(tmp_path, mle_run, monkeypatch):
+    """``algo.target_entropy`` (SAC's automatic temperature): after every joint update τ takes one
+    ``temperature_step`` from the previous τ with that update's policy entropy — from ``algo.tau`` at
+    the start, and across a kill after 4 updates (checkpoint at 2), from the τ the checkpoint kept.
+    The target is above any policy's entropy here, so τ grows at every update."""
+    from rayseq.algorithms.erac import temperature_step
+    from rayseq.metrics import ENTROPY, TAU
+    from rayseq.train import train
+
+    run = tmp_path / "auto"
+    cfg = _erac(run, mle_run, "algo.critic_pretrain_epochs=0", "algo.joint_epochs=0.2", "algo.valid_every=2",
+                "algo.target_entropy=20", "algo.tau_lr=0.01")
+    _kill_after_logging(monkeypatch, "joint stage", nth=2)
+    with pytest.raises(Killed):
+        train(cfg)
+    assert _trainer_state(run)["joint_updates"] == 2
+    monkeypatch.undo()
+    train(cfg, resume=True)
+    recs = [r for r in read_metrics(run) if TAU in r]
+    assert [r["step"] for r in recs] == list(range(1, 7))
+    tau = 0.045
+    for r in recs:
+        tau = temperature_step(tau, r[ENTROPY], 20.0, 0.01)
+        assert r[TAU] == pytest.approx(tau, rel=1e-12), r["step"]
+    assert all(b[TAU] > a[TAU] for a, b in zip(recs, recs[1:]))
+    assert _trainer_state(run)["tau"] == pytest.approx(recs[-1][TAU], rel=1e-12)
+
+
+@pytest.mark.ray
 def test_resume_mid_vaml_qnet_stage(tmp_path, ray_session, monkeypatch):
     """Killed in the Q-net stage (2 passes of 6 updates) after pass 2 was logged: the resumed run
     redoes pass 2 once, finishes the stage (12 updates) and the actor epoch (6 updates)."""

@@ -30,6 +30,7 @@ from rayseq.algorithms.erac import (
     gather_actions,
     policy_log_probs,
     sharpen_log_probs,
+    temperature_step,
     soft_td_target,
     soft_value,
     step_masks,
@@ -656,3 +657,15 @@ def test_sharpen_log_probs_is_the_renormalised_power_of_the_policy() -> None:
         sharpen_log_probs(logp, 0)
     with pytest.raises(ValueError, match="target_temperature"):
         ERACConfig(target_temperature=0.0)
+
+
+def test_temperature_step_moves_tau_toward_the_target_entropy() -> None:
+    """log τ ← log τ + lr (H̄ − H): up below the target, down above it, unchanged at it, clipped."""
+    assert temperature_step(0.1, 1.0, 2.0, 0.5) == pytest.approx(0.1 * math.exp(0.5))
+    assert temperature_step(0.1, 3.0, 2.0, 0.5) == pytest.approx(0.1 * math.exp(-0.5))
+    assert temperature_step(0.1, 2.0, 2.0, 0.5) == pytest.approx(0.1)
+    assert temperature_step(5.0, 0.0, 100.0, 1.0) == 10.0 and temperature_step(1e-6, 100.0, 0.0, 1.0) == 1e-6
+    with pytest.raises(ValueError, match="finite entropy"):
+        temperature_step(0.1, float("nan"), 2.0, 0.5)
+    with pytest.raises(ValueError, match="target_entropy needs"):
+        ERACConfig(tau=0.0, target_entropy=1.0)

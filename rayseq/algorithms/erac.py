@@ -78,6 +78,13 @@ class ERACConfig:
     1 = π itself (the paper). Below 1 the critic learns the value of continuing as a sharper policy
     does — nearer the greedy / beam decoder that is scored — than as a temperature-1 sample does
     (an expected-SARSA target: off-policy-correct for any T). Must be > 0."""
+    target_entropy: float | None = None
+    """Automatic temperature (SAC's α tuning, Haarnoja et al. 2018): the policy entropy (nats per
+    sampled token) joint training holds by adapting τ after every update (``temperature_step``: τ
+    grows while the entropy is below it, shrinks while above); the adapted τ is the actor's (Eq. 20)
+    and, with ``critic_tau`` None, the critic target's. None (default): τ stays ``tau``."""
+    tau_lr: float = 0.05
+    """Step size of that adaptation on log τ, per update and nat of entropy gap."""
     beta: float = 0.001
     """β: Polyak rate of the target critic, φ̄ ← (1 − β)φ̄ + βφ after every step; in (0, 1]."""
     lambda_var: float = 0.001
@@ -199,6 +206,12 @@ class ERACConfig:
                 f"ERACConfig.target_temperature (T of the critic target's policy π^(1/T)) = {self.target_temperature!r}: "
                 f"must be a finite number > 0 (1 = the actor's own policy, the paper)."
             )
+        if self.target_entropy is not None and not (math.isfinite(self.target_entropy) and self.target_entropy > 0):
+            raise ValueError(f"ERACConfig.target_entropy = {self.target_entropy!r}: must be none (fixed τ) or > 0 nats.")
+        if self.target_entropy is not None and self.tau <= 0:
+            raise ValueError(f"ERACConfig.target_entropy needs τ > 0 to adapt from (log τ); got tau={self.tau}.")
+        if not (math.isfinite(self.tau_lr) and self.tau_lr > 0):
+            raise ValueError(f"ERACConfig.tau_lr = {self.tau_lr}: must be > 0.")
         if not (math.isfinite(self.beta) and 0.0 < self.beta <= 1.0):
             raise ValueError(
                 f"ERACConfig.beta (β, the target-critic Polyak rate) = {self.beta}: must be in "
@@ -431,6 +444,20 @@ def policy_log_probs(
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
     return F.log_softmax(mask_logits(logits, exclude), dim=-1)
+
+
+TAU_RANGE: tuple[float, float] = (1e-6, 10.0)
+"""The automatic temperature stays in this range (``temperature_step``)."""
+
+
+def temperature_step(tau: float, entropy: float, target_entropy: float, lr: float) -> float:
+    """One gradient step of SAC's temperature loss J(log τ) = log τ · (H(π) − H̄) on log τ:
+    log τ ← log τ + lr · (H̄ − H). Below the target entropy τ grows (more entropy bonus), above it
+    shrinks; clipped to :data:`TAU_RANGE`."""
+    if not (tau > 0 and math.isfinite(entropy) and lr > 0):
+        raise ValueError(f"temperature_step: needs τ > 0, a finite entropy and lr > 0; got {tau}, {entropy}, {lr}.")
+    low, high = TAU_RANGE
+    return float(min(max(tau * math.exp(lr * (target_entropy - entropy)), low), high))
 
 
 def sharpen_log_probs(logp: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -196,6 +196,8 @@ def joint_stage(run: Run, step: int, done_c: int, per_epoch: float, chunk: int) 
     critic = has_critic(run)
     algo.set_stage("joint")
     algo.set_lr(schedule.lr)
+    if state.get("tau") is not None:  # the automatic temperature where the run left it
+        algo.set_tau(state["tau"])
     if start_bleu is None:
         if critic and ac.fresh_joint_optimizers:
             algo.reset_optimizers()  # the official fresh Adam of joint training
@@ -237,7 +239,7 @@ def joint_stage(run: Run, step: int, done_c: int, per_epoch: float, chunk: int) 
             model, valid, improved, step=step, epoch=step / per_epoch, position={"step": step},
             metrics={**extra, LR: schedule.lr, EPOCH_TIME_S: time.perf_counter() - t0, TOKENS_TOTAL: float(algo.tokens_total)},
             trainer_state={"step": step, "critic_updates": done_c, "joint_updates": done, "critic_done": True,
-                           "schedule": schedule.state_dict(),
+                           "schedule": schedule.state_dict(), "tau": algo.tau,
                            "start_bleu": start_bleu, "best_step": best_step, "collapsed": has_collapsed},
         )
         say(msg)

@@ -25,6 +25,7 @@ b_t on the actor decoder's detached state (its "critic" stage is baseline pretra
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -237,6 +238,11 @@ class ActorCriticLearner(TorchLearner):
         for module_id in self.module.keys():  # noqa: SIM118 (MultiRLModule iterates otherwise)
             for group in self.get_optimizer(module_id, "actor").param_groups:
                 group["lr"] = lr
+
+    def set_tau(self, tau: float) -> None:
+        """The entropy weight τ of Eq. 20 (and of V̄ when ``critic_tau`` is None): the automatic
+        temperature (``ERACConfig.target_entropy``) sets it after every update."""
+        self.erac = replace(self.erac, tau=float(tau))
 
     def set_critic_lr(self, lr: float) -> None:
         """The critic's learning rate (critic pretraining's decay on a held-out plateau)."""

@@ -37,6 +37,7 @@ from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import LEARNER_RESULTS
 from tqdm import tqdm
 
+from rayseq.algorithms.erac import temperature_step
 from rayseq.metrics import (
     ENTROPY,
     LOSS_ACTOR,
@@ -52,6 +53,7 @@ from rayseq.metrics import (
     SAMPLE_BLEU,
     SAMPLE_LEN,
     SAMPLE_TOKENS_PER_S,
+    TAU,
     TOKENS_PER_S,
     TOKENS_TOTAL,
     WORKER_RESTARTS,
@@ -172,6 +174,16 @@ class ActorCriticAlgorithm(Algorithm):
 
     def set_lr(self, lr: float) -> None:
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
+
+    @property
+    def tau(self) -> float | None:
+        """The entropy weight τ in force (None for objectives without one: SCST, MIXER)."""
+        return getattr(self, "_tau", getattr(self.erac, "tau", None))
+
+    def set_tau(self, tau: float) -> None:
+        """τ on every learner (the automatic temperature's step; a resumed run's last τ)."""
+        self._tau = float(tau)
+        self.learner_group.foreach_learner(lambda learner: learner.set_tau(tau))
 
     def set_critic_lr(self, lr: float) -> None:
         """The critic optimiser's lr on every learner (critic pretraining's plateau schedule)."""
@@ -333,6 +345,11 @@ class ActorCriticAlgorithm(Algorithm):
             ref_len = np.array([len(e.ref) for e in episodes], dtype=float)
             rec[SAMPLE_BLEU] = float(np.mean([e.bleu_scaled for e in episodes] / ref_len)) * 100.0
             rec[SAMPLE_LEN] = float(batch["lengths"].mean())
+            target = getattr(self.erac, "target_entropy", None)
+            if target is not None and self.stage == "joint" and ENTROPY in rec:  # SAC's automatic temperature
+                self.set_tau(temperature_step(self.tau, rec[ENTROPY], target, self.erac.tau_lr))
+            if self.tau is not None:
+                rec[TAU] = self.tau
             for k, v in rec.items():
                 window.setdefault(k, []).append(v)
             if self.num_updates % cfg.weights_sync_every == 0:
