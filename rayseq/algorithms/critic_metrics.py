@@ -13,8 +13,8 @@ the Q it learned is *useful*, on states the learner did not train on:
 * :func:`boltzmann_entropy` — entropy of softmax(Q/τ), the target ERAC's actor (Eq. 20) and
   VAML's actor (Eq. 17) are pulled toward;
 * :func:`eos_margin` — Q(s, eos) − max_{w≠eos} Q(s, w) on prefixes at least |y*| long;
-* :func:`early_eos_pull` — Q(s, eos) − E_π Q(s, ·) on the actor's states shorter than |y*|: does
-  the critic pull the actor toward stopping before the reference length?
+* :func:`early_eos_pull` — Q(s, eos) − E_π Q(s, ·) on the actor's states 1–2 tokens short of |y*|:
+  does the critic pull the actor toward stopping before the reference length?
 
 Step layout: that of ``rayseq.algorithms.erac`` (position t of an ``[N, T]`` / ``[N, T, V]``
 tensor is state s_t = y_1..t and its action a_t). Tokens in ``exclude`` (default ``<pad>``,

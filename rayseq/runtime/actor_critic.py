@@ -131,6 +131,8 @@ class ActorCriticAlgorithm(Algorithm):
     def setup(self, config: AlgorithmConfig) -> None:
         super().setup(config)
         _, self.erac = typed_objective(self.config)
+        self._tau: float | None = getattr(self.erac, "tau", None)
+        """The entropy weight τ in force (``set_tau``); None for objectives without one."""
         self.num_updates = 0
         self.tokens_total = 0
         """Tokens sampled by the rollout workers over the run (the compare plot's x axis)."""
@@ -178,7 +180,7 @@ class ActorCriticAlgorithm(Algorithm):
     @property
     def tau(self) -> float | None:
         """The entropy weight τ in force (None for objectives without one: SCST, MIXER)."""
-        return getattr(self, "_tau", getattr(self.erac, "tau", None))
+        return self._tau
 
     def set_tau(self, tau: float) -> None:
         """τ on every learner (the automatic temperature's step; a resumed run's last τ)."""
