@@ -7,6 +7,7 @@ Toy task, in-process Ray; each run takes seconds.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -111,6 +112,18 @@ def test_a_shared_pretrained_critic_skips_pretraining(tmp_path, mle_run):
     assert results["critic_updates"] == 0 and results["critic"]["source"].startswith("critic_init")
     best = load_critic_file(first / CRITIC_FILE)["meta"][CRITIC_VALID_TD]
     assert results["joint_start"][CRITIC_VALID_TD] == pytest.approx(best, rel=1e-5)
+    # `rayseq eval RUN --critic` of the second run scores the critic it started from
+    from rayseq.data.errors import DataError
+    from rayseq.evaluation.critic import score_run_critic
+
+    assert not (second / CRITIC_FILE).exists()
+    scored = score_run_critic(second)
+    assert scored["file"] == str(first / CRITIC_FILE) and scored["kind"] == "critic"
+    assert math.isfinite(scored[CRITIC_VALID_TD])
+    moved = tmp_path / "moved"
+    first.rename(moved)  # the critic it started from is gone: a clear error naming the setting
+    with pytest.raises(DataError, match="algo.critic_init"):
+        score_run_critic(second)
 
 
 @pytest.mark.ray
