@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,8 +102,7 @@ def critic_stage(run: Run, step: int, per_epoch: float) -> tuple[int, int]:
     if state.get("critic_done") or not has_critic(run):
         return step, done
     if ac.critic_init:
-        path = Path(ac.critic_init)
-        path = path / CRITIC_FILE if path.is_dir() else path
+        path = find_q_file(ac.critic_init, "algo.critic_init")
         obj = load_critic_file(path)
         algo.load_critic(obj["state_dict"])
         run.save_stage("critic", {"updates": 0, "best": obj["meta"], "source": f"critic_init {path}"})

@@ -324,7 +324,7 @@ def score_run_critic(run_dir: str | os.PathLike[str], n_sentences: int | None = 
     """``rayseq eval RUN_DIR --critic``: score a run's critic (``critic_best.pt`` of an actor-critic
     run, or the ``algo.critic_init`` critic it started from, against its ``which`` actor) or Q-net (``qnet.pt`` of a VAML run) on the validation split
     (its first ``n_sentences``; None: the run's ``critic_valid_sentences``, else all)."""
-    from rayseq.actor_io import CRITIC_FILE, load_actor, load_critic_file, read_run_info, resolve_actor
+    from rayseq.actor_io import CRITIC_FILE, find_q_file, load_actor, load_critic_file, read_run_info, resolve_actor
     from rayseq.data.errors import DataError
     from rayseq.data.tasks import load_task
     from rayseq.models.critic import CriticConfig
@@ -335,11 +335,11 @@ def score_run_critic(run_dir: str | os.PathLike[str], n_sentences: int | None = 
     path = Path(run_dir) / ("qnet.pt" if qnet else CRITIC_FILE)
     if not path.is_file() and not qnet and algo.get("critic_init"):
         # joint training started from a shared pretrained critic (algo.critic_init): score that one
-        start = Path(algo["critic_init"])
-        path = start / CRITIC_FILE if start.is_dir() else start
-        if not path.is_file():
-            raise DataError(f"{path}: not found; {run_dir} started from the critic algo.critic_init={algo['critic_init']} "
-                            "(a path relative to where it was trained). Run this command from that directory.")
+        try:
+            path = find_q_file(algo["critic_init"], "algo.critic_init")
+        except DataError as err:
+            raise DataError(f"{err} {run_dir} started from that critic; the path is relative to where it was trained: "
+                            "run this command from that directory.") from None
     if not path.is_file():
         what = "a VAML run writes qnet.pt after its Q-net stage" if qnet else (
             f"an actor-critic run (ac, erac, ...) writes {CRITIC_FILE} during critic pretraining")
