@@ -229,17 +229,20 @@ def soft_q_optimal(mdp: OracleMDP, tau: float) -> QTable:
     return _backward_q(mdp, lambda s, q: soft_v(q, tau))
 
 
-def soft_q_policy(mdp: OracleMDP, tau: float, policy: Policy) -> QTable:
+def soft_q_policy(mdp: OracleMDP, tau: float, policy: Policy, horizon: int | None = None) -> QTable:
     """Soft Q^π of a fixed policy π (Eq. 9 with α = τ, γ = 1), for every non-terminal prefix.
 
     Q^π(s, a) = r(s, a) + V^π(s'), V^π(s) = Σ_a π(a|s) (Q^π(s, a) − τ log π(a|s)) with 0 · log 0 = 0,
-    V^π = 0 at terminal states (after eos, or at length max_len).
+    V^π = 0 at terminal states (after eos, or at length max_len). ``horizon`` (None: no limit):
+    the entropy bonus counts only at prefixes of at most that many tokens (τ = 0 past it).
     """
     _check_tau(tau)
+    if horizon is not None and horizon < 0:
+        raise ValueError(f"horizon={horizon} must be >= 0 tokens (or None)")
 
     def value(s: Prefix, q: np.ndarray) -> float:
         pi = _check_policy(np.asarray(policy(s), dtype=np.float64), s, len(mdp.actions))
-        return soft_v_policy(q, pi, tau)
+        return soft_v_policy(q, pi, tau if horizon is None or len(s) <= horizon else 0.0)
 
     return _backward_q(mdp, value)
 

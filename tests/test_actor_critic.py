@@ -21,6 +21,7 @@ from rayseq.algorithms.erac import (
     erac_actor_loss,
     gather_actions,
     policy_log_probs,
+    reference_horizon,
     sharpen_log_probs,
     soft_td_target,
     soft_value,
@@ -35,7 +36,7 @@ AC_ALGOS = sorted(a for a, e in ALGORITHMS.items() if e.kind == ACTOR_CRITIC and
 """Actor-critic algorithms with a critic (SCST / MIXER: tests/test_reinforce.py)."""
 
 
-def _module_and_batch(seed: int = 0):
+def _module_and_batch(seed: int = 0, len_slack: int = 1):
     from rayseq.runtime.ac_learner import ActorCriticRLModule
 
     torch.manual_seed(seed)
@@ -47,21 +48,29 @@ def _module_and_batch(seed: int = 0):
     with torch.no_grad():
         for p in module.target_critic.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    env = SeqPredVectorEnv(pairs, 6, SeqPredConfig(max_len=6, len_slack=1))
+    env = SeqPredVectorEnv(pairs, 6, SeqPredConfig(max_len=6, len_slack=len_slack))
     episodes = RolloutSampler(module.actor, env, seed=seed).collect(12, on_policy=True)
     batch = {k: torch.as_tensor(v) for k, v in collate(episodes).items()}
     return module, batch
 
 
-@pytest.mark.parametrize("variant,temperature", [("erac", 1.0), ("ac", 1.0), ("erac-nofutent", 1.0), ("erac", 0.5)])
-def test_packed_learner_losses_and_gradients_equal_the_padded_equations(variant: str, temperature: float) -> None:
+@pytest.mark.parametrize("variant,temperature,horizon", [
+    ("erac", 1.0, "all"), ("ac", 1.0, "all"), ("erac-nofutent", 1.0, "all"), ("erac", 0.5, "all"), ("erac", 1.0, "reference"),
+])
+def test_packed_learner_losses_and_gradients_equal_the_padded_equations(variant: str, temperature: float, horizon: str) -> None:
     """The learner's one-pass packed computation == Eq. 18-20 on padded [N, T, V] tensors (with the
-    critic target's policy sharpened: ``algo.target_temperature``)."""
+    critic target's policy sharpened: ``algo.target_temperature``; with the entropy bonus only at
+    prefixes of at most |y*| tokens: ``algo.entropy_horizon=reference``)."""
     from rayseq.runtime.ac_learner import packed_losses
 
-    erac = ERACConfig.variant(variant, lambda_var=0.01, normalize_logpi_l2=variant == "erac", target_temperature=temperature)
-    module, b = _module_and_batch()
+    erac = ERACConfig.variant(variant, lambda_var=0.01, normalize_logpi_l2=variant == "erac", target_temperature=temperature,
+                              entropy_horizon=horizon)
+    module, b = _module_and_batch(len_slack=3 if horizon == "reference" else 1)
     assert bool(b["capped"].any()) and not bool(b["capped"].all())
+    if horizon == "reference":
+        width = b["tgt_in"].size(1)
+        past = ~reference_horizon(b["ref_len"], width) & step_masks(b["lengths"], b["capped"], width)[0]
+        assert bool(past.any())  # some sampled states lie past the reference length
     module.stage = "joint"
     total, parts = packed_losses(module.forward_train(b), b, erac, joint=True)
     total_value = float(total.detach())
@@ -74,7 +83,8 @@ def test_packed_learner_losses_and_gradients_equal_the_padded_equations(variant:
     with torch.no_grad():
         q_bar = module.target_critic(b["ref"], b["ref_len"], b["tgt_in"])
     logp = sharpen_log_probs(policy_log_probs(logits.detach()), temperature)
-    target = soft_td_target(b["rewards"], soft_value(q_bar, logp, erac.target_tau, mask), done, mask)
+    entropy_mask = reference_horizon(b["ref_len"], b["tgt_in"].size(1)) if horizon == "reference" else None
+    target = soft_td_target(b["rewards"], soft_value(q_bar, logp, erac.target_tau, mask, entropy_mask=entropy_mask), done, mask)
     closs = critic_loss(gather_actions(q, b["actions"]), target, q, mask, erac.lambda_var)
     mle_logits = module.actor(b["src"], b["src_len"], b["ref_in"])
     aloss = erac_actor_loss(logits, q.detach(), mask, erac.tau, erac.lambda_mle, mle_logits, b["ref_out"],

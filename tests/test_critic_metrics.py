@@ -20,7 +20,7 @@ from rayseq.algorithms.critic_metrics import (
     td_error_per_token,
     topk_accuracy,
 )
-from rayseq.algorithms.erac import sharpen_log_probs, soft_value, step_masks
+from rayseq.algorithms.erac import reference_horizon, sharpen_log_probs, soft_value, step_masks
 from rayseq.algorithms.vaml import soft_max_value
 from rayseq.evaluation.critic import CRITIC_METRICS, score_critic, score_qnet
 from rayseq.metrics import (
@@ -297,6 +297,62 @@ def test_a_sharpened_target_evaluates_the_sharpened_policy(temperature: float) -
 
     assert td(soft_q_policy(mdp, tau, lambda s: sharp[s])) < 1e-24
     assert td(soft_q_policy(mdp, tau, lambda s: pi[s])) > 1e-4
+
+
+def test_entropy_horizon_reference_is_the_fixed_point_of_the_horizon_q() -> None:
+    """``algo.entropy_horizon=reference``: with τ·H counted only at prefixes of at most |y*| tokens
+    (``reference_horizon``), the exact Q^π of that horizon (brute force, ``envs.oracle``) has zero
+    TD error, the full-horizon Q^π does not, and the Monte-Carlo soft return with the same horizon
+    averages to it exactly."""
+    tau = 0.3
+    mdp = OracleMDP(ref=(4, 5), actions=ORACLE_ACTIONS, max_len=4)  # states of 3 tokens lie past |y*| = 2
+    ep = _episodes(mdp)
+    pi, logp = _random_policy(mdp, seed=4)
+    horizon = reference_horizon(torch.full((ep["n"],), len(mdp.ref)), ep["width"])  # [N, T]
+    assert horizon[0].tolist() == [True, True, True, False, False]
+    logp_t = _logp_tensor(mdp, logp, ep)
+
+    def td(q_table: dict, entropy_mask: torch.Tensor | None) -> float:
+        q = _q_tensor(mdp, q_table, ep)
+        taken = q.gather(-1, ep["actions"].unsqueeze(-1)).squeeze(-1)
+        values = soft_value(q, logp_t, tau, ep["mask"], ORACLE_EXC, entropy_mask)
+        return float(td_error_per_token(taken, ep["rewards"], values, ep["done"], ep["mask"]))
+
+    q_h = soft_q_policy(mdp, tau, lambda s: pi[s], horizon=len(mdp.ref))
+    q_all = soft_q_policy(mdp, tau, lambda s: pi[s])
+    assert td(q_h, horizon) < 1e-24 and td(q_all, None) < 1e-24
+    assert td(q_all, horizon) > 1e-4 and td(q_h, None) > 1e-4
+    # a longer continuation earns less bonus with the horizon: Q(s, w) of a non-eos token only falls
+    col = {a: j for j, a in enumerate(mdp.actions)}
+    assert all(q_h[s][col[a]] <= q_all[s][col[a]] + 1e-12 for s in q_h for a in mdp.actions)
+    assert any(q_h[s][col[a]] < q_all[s][col[a]] - 1e-3 for s in q_h for a in mdp.actions if a != EOS)
+    # E[G_t | s_t, a_t] with the same horizon is Q^π of the horizon
+    lp_taken = torch.zeros(ep["n"], ep["width"], dtype=D)
+    for i, row in enumerate(ep["states"]):
+        for t, s in enumerate(row):
+            if s is not None:
+                lp_taken[i, t] = float(logp[s][col[int(ep["actions"][i, t])]])
+    prob = torch.where(ep["mask"], lp_taken, 0.0).sum(1).exp()  # [N]
+    g = soft_returns(ep["rewards"], lp_taken, ep["mask"], tau, horizon)
+    num: dict = {}
+    den: dict = {}
+    for i, row in enumerate(ep["states"]):
+        for t, s in enumerate(row):
+            if s is not None:
+                key = (s, int(ep["actions"][i, t]))
+                num[key] = num.get(key, 0.0) + float(prob[i] * g[i, t])
+                den[key] = den.get(key, 0.0) + float(prob[i])
+    np.testing.assert_allclose([num[k] / den[k] for k in sorted(num)], [q_h[s][col[a]] for s, a in sorted(num)],
+                               rtol=0, atol=1e-10)
+
+
+def test_entropy_horizon_is_checked() -> None:
+    from rayseq.algorithms.erac import ERACConfig
+
+    with pytest.raises(ValueError, match="entropy_horizon = 'ref'"):
+        ERACConfig(entropy_horizon="ref")
+    with pytest.raises(ValueError, match="entropy_mask"):
+        soft_value(torch.zeros(2, 3, 5), torch.zeros(2, 3, 5), 0.1, None, (), torch.ones(2, 4, dtype=torch.bool))
 
 
 def _random_policy(mdp: OracleMDP, seed: int) -> tuple[dict, dict]:

@@ -140,6 +140,7 @@ def soft_returns(
     logp_taken: torch.Tensor,  # [N, T] log π(a_t | s_t) of the action taken
     mask: torch.Tensor,  # [N, T] bool, steps that exist (t = 0 … last)
     tau: float,
+    entropy_mask: torch.Tensor | None = None,  # [N, T] bool, states whose bonus counts
 ) -> torch.Tensor:
     """Monte-Carlo soft return of each step, the sample of Q^π(s_t, a_t) (Eq. 9, α = τ, γ = 1).
 
@@ -148,13 +149,16 @@ def soft_returns(
     the action a_t is given, so its own −τ log π is not part of Q^π(s_t, a_t)). Its expectation
     given (s_t, a_t) is exactly Q^π(s_t, a_t) = r_t + V^π(s_{t+1}). τ = 0: the plain return
     Σ_{k≥t} r_k. Steps outside ``mask`` contribute nothing (their log π may be −inf) and get 0.
-    Returns ``[N, T]``.
+    ``entropy_mask`` (None: every step): the states whose bonus counts, as in
+    ``erac.soft_value`` (``ERACConfig.entropy_horizon``). Returns ``[N, T]``.
     """
-    _check_steps("soft_returns", mask, rewards=rewards, logp_taken=logp_taken)
+    _check_steps("soft_returns", mask, rewards=rewards, logp_taken=logp_taken,
+                 **({} if entropy_mask is None else {"entropy_mask": entropy_mask}))
     _check_tau("soft_returns", tau)
     mask = mask.bool()
+    bonus = mask if entropy_mask is None else mask & entropy_mask.bool()  # [N, T]
     r = torch.where(mask, rewards.to(torch.float64), 0.0)  # [N, T]
-    lp = torch.where(mask, logp_taken.to(torch.float64), 0.0)  # [N, T]
+    lp = torch.where(bonus, logp_taken.to(torch.float64), 0.0)  # [N, T]
     step = r - tau * lp if tau > 0 else r  # [N, T] r_k − τ log π(a_k|s_k)
     to_go = step.flip(1).cumsum(1).flip(1)  # [N, T] Σ_{k≥t}
     later = torch.cat([to_go[:, 1:], torch.zeros_like(to_go[:, :1])], dim=1)  # [N, T] Σ_{k>t}

@@ -54,6 +54,9 @@ from rayseq.models.base import BOS, EOS, PAD
 L2_EPS = 1e-8
 """ε of the official L2 normalisation ``log π / (ε + ‖log π‖₂)``."""
 
+ENTROPY_HORIZONS = ("all", "reference")
+"""Values of ``ERACConfig.entropy_horizon``."""
+
 VARIANTS: dict[str, dict[str, object]] = {
     "erac": {},
     "ac": {"tau": 0.0, "critic_tau": None},
@@ -73,6 +76,11 @@ class ERACConfig:
     critic_tau: float | None = None
     """τ inside the critic's target V̄ (Eq. 19); None = ``tau``; 0 with tau > 0 is the
     "ERAC w/o future entropy" ablation (Table 4)."""
+    entropy_horizon: Literal["all", "reference"] = "all"
+    """The states whose entropy bonus τ·H(π(·|s)) the critic's target V̄ counts (Eq. 9 / 19):
+    ``all`` (the paper) or ``reference``: only the states the reference episode has, prefixes of
+    at most |y*| tokens (``reference_horizon``). Past them V̄ is the AC value Σ_w π Q̄, so the bonus
+    no longer pays the policy for every token it runs past the reference length."""
     target_temperature: float = 1.0
     """T of the policy the critic's target V̄ (Eq. 19) evaluates: π_T ∝ π^{1/T} (``sharpen_log_probs``).
     1 = π itself (the paper). Below 1 the critic learns the value of continuing as a sharper policy
@@ -199,6 +207,11 @@ class ERACConfig:
             raise ValueError(
                 f"ERACConfig.critic_tau (τ of the critic target V̄) = {self.critic_tau!r}: must be "
                 f"None (= tau) or a finite number >= 0 (0 = no future entropy)."
+            )
+        if self.entropy_horizon not in ENTROPY_HORIZONS:
+            raise ValueError(
+                f"ERACConfig.entropy_horizon = {self.entropy_horizon!r}: use one of {ENTROPY_HORIZONS} "
+                f"('all': the paper; 'reference': τ·H counted only at prefixes of at most |y*| tokens)."
             )
         if not (isinstance(self.target_temperature, (int, float)) and math.isfinite(self.target_temperature)
                 and self.target_temperature > 0):
@@ -493,28 +506,43 @@ def _finite_logp(logp: torch.Tensor, exclude: Sequence[int]) -> torch.Tensor:
 # ======================================================================= critic
 
 
+def reference_horizon(ref_len: torch.Tensor, width: int) -> torch.Tensor:
+    """``[N, T]`` bool: state position t is within the reference episode, t ≤ |y*| ``ref_len`` ``[N]``.
+
+    The reference y* visits the prefixes of 0 … |y*| tokens (its eos is chosen at t = |y*|);
+    ``ERACConfig.entropy_horizon = "reference"`` counts the entropy bonus only there.
+    """
+    return torch.arange(width, device=ref_len.device)[None, :] <= ref_len.long()[:, None]
+
+
 def soft_value(
     q: torch.Tensor,  # [N, T, V] target-critic Q̄(s_t, ·)
     logp: torch.Tensor,  # [N, T, V] log π(· | s_t), −inf at banned tokens
     tau: float,
     mask: torch.Tensor | None = None,  # [N, T] bool, states to keep
     exclude: Sequence[int] = BANNED_TOKENS,
+    entropy_mask: torch.Tensor | None = None,  # [N, T] bool, states whose τ·H counts
 ) -> torch.Tensor:
     """Soft state value under π, Eq. (9) with α = τ: V̄(s) = Σ_w π(w|s)·(Q̄(s, w) − τ log π(w|s)).
 
     = E_π[Q̄] + τ H(π). Tokens in ``exclude`` (π = 0, log π = −inf) contribute 0 whatever their Q
     (even NaN); another token whose π underflows to 0 contributes 0 for a finite Q. τ = 0 gives the AC value Σ_w π Q̄ (Bahdanau et al. 2016). Returns ``[N, T]``, 0
-    where ``mask`` is False. No gradient is meant to flow (callers pass a target critic's Q̄ and a
-    detached π).
+    where ``mask`` is False. ``entropy_mask`` (None: every state): the states whose τ H(π) counts;
+    elsewhere V̄ is the τ = 0 value (``reference_horizon``). No gradient is meant to flow (callers
+    pass a target critic's Q̄ and a detached π).
     """
     if q.shape != logp.shape:
         raise ValueError(f"soft_value: q {tuple(q.shape)} and logp {tuple(logp.shape)} differ.")
     if tau < 0:
         raise ValueError(f"soft_value: τ={tau} must be >= 0.")
+    if entropy_mask is not None and entropy_mask.shape != q.shape[:-1]:
+        raise ValueError(f"soft_value: entropy_mask {tuple(entropy_mask.shape)} must be {tuple(q.shape[:-1])}.")
     p = logp.exp()  # [N, T, V], exactly 0 where log π = −inf
     idx = torch.as_tensor(tuple(exclude), dtype=torch.long, device=q.device)
     if tau > 0:
         lp = logp.clamp(min=torch.finfo(logp.dtype).min)  # −inf → finite; π = 0 there
+        if entropy_mask is not None:
+            lp = lp * entropy_mask.unsqueeze(-1).to(lp.dtype)  # no bonus outside the horizon
         inner = (q - tau * lp).index_fill_(-1, idx, 0.0)  # fresh tensor: Q − τ log π, 0 at excluded
     else:
         inner = q.index_fill(-1, idx, 0.0)

@@ -90,7 +90,7 @@ def score(run: Run, actor: Seq2Seq, weights: Mapping[str, Any], stage: str) -> d
     n = len(valid) if ac.critic_valid_sentences is None else min(ac.critic_valid_sentences, len(valid))
     slack = ac.pretrain_len_slack if stage == "critic" else ac.sample_len_slack
     return score_critic(critic_model(run, weights), actor, valid, ac.tau, n, critic_tau=ac.target_tau,
-                        target_temperature=ac.target_temperature, len_slack=slack, max_len=ac.max_sample_len, seed=ac.seed, exclude=ac.exclude_tokens)
+                        target_temperature=ac.target_temperature, entropy_horizon=ac.entropy_horizon, len_slack=slack, max_len=ac.max_sample_len, seed=ac.seed, exclude=ac.exclude_tokens)
 
 
 def critic_stage(run: Run, step: int, per_epoch: float) -> tuple[int, int]:

@@ -34,9 +34,11 @@ from rayseq.algorithms.critic_metrics import (
     topk_accuracy,
 )
 from rayseq.algorithms.erac import (
+    ENTROPY_HORIZONS,
     capped_at,
     gather_actions,
     policy_log_probs,
+    reference_horizon,
     sharpen_log_probs,
     soft_value,
     step_masks,
@@ -164,6 +166,7 @@ def score_critic(
     *,
     critic_tau: float | None = None,
     target_temperature: float = 1.0,
+    entropy_horizon: str = "all",
     len_slack: int = 10,
     max_len: int = 50,
     samples_per_source: int = 1,
@@ -184,6 +187,8 @@ def score_critic(
       critic_tau: τ of the critic's target V̄ (Eq. 19) and of the soft return; None = ``tau``
         (``ERACConfig.target_tau``).
       target_temperature: T of the policy π^(1/T) that V̄ evaluates (``ERACConfig.target_temperature``).
+      entropy_horizon: the states whose τ·H counts in V̄ and in the soft return
+        (``ERACConfig.entropy_horizon``: ``all`` or ``reference``).
       len_slack, max_len: the training samples' cap, min(|y*| + len_slack, max_len) tokens; a
         sample at the cap ends at its last token (no eos step), as in the env.
       samples_per_source: samples drawn per source.
@@ -206,6 +211,8 @@ def score_critic(
                              ("samples_per_source", samples_per_source, 1), ("batch_size", batch_size, 1)):
         if not (isinstance(value, int) and value >= low):
             raise ValueError(f"{fn}: {name}={value!r} must be an int >= {low}.")
+    if entropy_horizon not in ENTROPY_HORIZONS:
+        raise ValueError(f"{fn}: entropy_horizon={entropy_horizon!r}; use one of {ENTROPY_HORIZONS}.")
     srcs, refs = _pairs(data, n_sentences, fn)
     device = next(critic.parameters()).device
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -232,12 +239,13 @@ def score_critic(
             # Critic and actor on the sampled states
             q = critic.decode(critic.expand_encoder(critic.encode(ref, ref_len), k), tgt_in)  # [N, T, V]
             logp = policy_log_probs(actor.decode(actor.expand_encoder(actor.encode(src, src_len), k), tgt_in), exclude)
-            values = soft_value(q, sharpen_log_probs(logp, target_temperature), v_tau, mask, exclude)  # [N, T] V(s_t), Eq. (9)
+            horizon = reference_horizon(ref_len.repeat_interleave(k), width) if entropy_horizon == "reference" else None
+            values = soft_value(q, sharpen_log_probs(logp, target_temperature), v_tau, mask, exclude, horizon)  # [N, T] V(s_t), Eq. (9)
             q_taken = gather_actions(q, actions)  # [N, T]
             n_steps = mask.sum()
             td.add(td_error_per_token(q_taken, rewards, values, done, mask), n_steps)
             ent.add(boltzmann_entropy(q, tau, mask, exclude), n_steps)
-            g = soft_returns(rewards, gather_actions(logp, actions), mask, v_tau)  # [N, T]
+            g = soft_returns(rewards, gather_actions(logp, actions), mask, v_tau, horizon)  # [N, T]
             early = early_eos_pull(q, logp, ref_len.repeat_interleave(k), mask, EOS, exclude)
             pull.add(early.mean, early.count)
             pull_positive.add(early.positive, early.count)
@@ -360,6 +368,7 @@ def score_run_critic(run_dir: str | os.PathLike[str], n_sentences: int | None = 
         critic_tau = algo.get("critic_tau")
         metrics = score_critic(model, actor, valid, tau, n, critic_tau=tau if critic_tau is None else float(critic_tau),
                                target_temperature=float(algo.get("target_temperature", 1.0)),
+                               entropy_horizon=str(algo.get("entropy_horizon", "all")),
                                len_slack=int(algo.get("sample_len_slack", 10)), max_len=int(algo.get("max_sample_len", 50)),
                                seed=int(algo.get("seed", 0)), exclude=exclude)
     return {"run_dir": os.fspath(run_dir), "file": os.fspath(path), "kind": "qnet" if qnet else "critic",

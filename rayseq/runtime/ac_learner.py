@@ -40,6 +40,7 @@ from rayseq.algorithms.erac import (
     erac_actor_loss,
     gather_actions,
     policy_log_probs,
+    reference_horizon,
     sharpen_log_probs,
     soft_td_target,
     soft_value,
@@ -333,7 +334,10 @@ def packed_losses(fwd_out: dict[str, Any], batch: dict[str, Any], erac: ERACConf
     every = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)  # [1, K]
     logp = policy_log_probs(logits.detach(), erac.exclude_tokens)  # [1, K, V]
     logp_target = sharpen_log_probs(logp, erac.target_temperature)  # the policy V̄ evaluates (π itself at T = 1)
-    v_k = soft_value(q_bar, logp_target, erac.target_tau, None, erac.exclude_tokens)  # Eq. (9) on Q̄, [1, K]
+    horizon = None
+    if erac.entropy_horizon == "reference":  # τ·H only at states of at most |y*| tokens
+        horizon = reference_horizon(batch["ref_len"], mask.size(1))[mask][None]  # [1, K]
+    v_k = soft_value(q_bar, logp_target, erac.target_tau, None, erac.exclude_tokens, horizon)  # Eq. (9) on Q̄, [1, K]
     v_bar = torch.zeros(mask.shape, dtype=v_k.dtype, device=v_k.device).masked_scatter_(mask, v_k[0])  # [N, T]
     target = soft_td_target(batch["rewards"].to(v_k.dtype), v_bar, done, mask)[mask][None]  # Eq. (19), [1, K]
     q_taken = gather_actions(q, batch["actions"][mask][None])  # [1, K]
