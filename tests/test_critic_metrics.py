@@ -327,13 +327,23 @@ def test_entropy_horizon_reference_is_the_fixed_point_of_the_horizon_q() -> None
     assert all(q_h[s][col[a]] <= q_all[s][col[a]] + 1e-12 for s in q_h for a in mdp.actions)
     assert any(q_h[s][col[a]] < q_all[s][col[a]] - 1e-3 for s in q_h for a in mdp.actions if a != EOS)
     # E[G_t | s_t, a_t] with the same horizon is Q^π of the horizon
+    expected_g = _expected_returns(mdp, ep, logp, lambda lp: soft_returns(ep["rewards"], lp, ep["mask"], tau, horizon))
+    np.testing.assert_allclose([expected_g[k] for k in sorted(expected_g)], [q_h[s][col[a]] for s, a in sorted(expected_g)],
+                               rtol=0, atol=1e-10)
+
+
+def _expected_returns(mdp: OracleMDP, ep: dict, logp: dict, returns) -> dict:
+    """E_π[G_t | s_t, a_t] over every sequence of ``ep`` weighted by its probability under π
+    (``logp``), for the returns ``returns(logp_taken [N, T]) -> G [N, T]``; keyed by (s, a)."""
+    col = {a: j for j, a in enumerate(mdp.actions)}
     lp_taken = torch.zeros(ep["n"], ep["width"], dtype=D)
     for i, row in enumerate(ep["states"]):
         for t, s in enumerate(row):
             if s is not None:
                 lp_taken[i, t] = float(logp[s][col[int(ep["actions"][i, t])]])
-    prob = torch.where(ep["mask"], lp_taken, 0.0).sum(1).exp()  # [N]
-    g = soft_returns(ep["rewards"], lp_taken, ep["mask"], tau, horizon)
+    prob = torch.where(ep["mask"], lp_taken, 0.0).sum(1).exp()  # [N] P(y) under π
+    assert math.isclose(float(prob.sum()), 1.0, rel_tol=1e-12)
+    g = returns(lp_taken)  # [N, T]
     num: dict = {}
     den: dict = {}
     for i, row in enumerate(ep["states"]):
@@ -342,8 +352,7 @@ def test_entropy_horizon_reference_is_the_fixed_point_of_the_horizon_q() -> None
                 key = (s, int(ep["actions"][i, t]))
                 num[key] = num.get(key, 0.0) + float(prob[i] * g[i, t])
                 den[key] = den.get(key, 0.0) + float(prob[i])
-    np.testing.assert_allclose([num[k] / den[k] for k in sorted(num)], [q_h[s][col[a]] for s, a in sorted(num)],
-                               rtol=0, atol=1e-10)
+    return {k: num[k] / den[k] for k in num}
 
 
 def test_entropy_horizon_is_checked() -> None:
@@ -386,25 +395,10 @@ def test_oracle_q_pi_ranks_like_the_exact_expected_soft_return(tau: float) -> No
     ep = _episodes(mdp)
     pi, logp = _random_policy(mdp, seed=2)
     col = {a: j for j, a in enumerate(mdp.actions)}
-    lp_taken = torch.zeros(ep["n"], ep["width"], dtype=D)
-    for i, row in enumerate(ep["states"]):
-        for t, s in enumerate(row):
-            if s is not None:
-                lp_taken[i, t] = float(logp[s][col[int(ep["actions"][i, t])]])
-    prob = torch.where(ep["mask"], lp_taken, 0.0).sum(1).exp()  # [N] P(y) under π
-    assert math.isclose(float(prob.sum()), 1.0, rel_tol=1e-12)
-    g = soft_returns(ep["rewards"], lp_taken, ep["mask"], tau)  # [N, T]
-    num: dict = {}
-    den: dict = {}
-    for i, row in enumerate(ep["states"]):
-        for t, s in enumerate(row):
-            if s is not None:
-                key = (s, int(ep["actions"][i, t]))
-                num[key] = num.get(key, 0.0) + float(prob[i] * g[i, t])
-                den[key] = den.get(key, 0.0) + float(prob[i])
+    by_key = _expected_returns(mdp, ep, logp, lambda lp: soft_returns(ep["rewards"], lp, ep["mask"], tau))
     table = soft_q_policy(mdp, tau, lambda s: pi[s])
-    keys = sorted(num)
-    expected_g = np.array([num[k] / den[k] for k in keys])
+    keys = sorted(by_key)
+    expected_g = np.array([by_key[k] for k in keys])
     q_pi = np.array([table[s][col[a]] for s, a in keys])
     np.testing.assert_allclose(expected_g, q_pi, rtol=0, atol=1e-10)  # E[G | s, a] = Q^π(s, a)
     as_steps = lambda x: torch.as_tensor(np.round(x, 9)).unsqueeze(0)  # noqa: E731 [1, K]
