@@ -439,6 +439,29 @@ def test_automatic_temperature_follows_its_equation_across_a_resume(tmp_path, ml
 
 
 @pytest.mark.ray
+def test_tau_anneal_falls_linearly_to_zero_across_a_resume(tmp_path, mle_run, monkeypatch):
+    """``algo.tau_anneal_updates=4``: joint update u (0-based) trains with τ = 0.045 · max(0, 1 − u/4),
+    so AC's τ = 0 from the fifth update on — also across a kill after 4 updates (checkpoint at 2),
+    where the resumed run counts its joint updates from the checkpoint's."""
+    from rayseq.metrics import TAU
+    from rayseq.train import train
+
+    run = tmp_path / "anneal"
+    cfg = _erac(run, mle_run, "algo.critic_pretrain_epochs=0", "algo.joint_epochs=0.2", "algo.valid_every=2",
+                "algo.tau_anneal_updates=4")
+    _kill_after_logging(monkeypatch, "joint stage", nth=2)
+    with pytest.raises(Killed):
+        train(cfg)
+    assert _trainer_state(run)["joint_updates"] == 2
+    monkeypatch.undo()
+    train(cfg, resume=True)
+    recs = [r for r in read_metrics(run) if TAU in r]
+    assert [r["step"] for r in recs] == list(range(1, 7))
+    assert [r[TAU] for r in recs] == pytest.approx([0.045, 0.03375, 0.0225, 0.01125, 0.0, 0.0], abs=1e-15)
+    assert _trainer_state(run)["tau"] == 0.0
+
+
+@pytest.mark.ray
 def test_resume_mid_vaml_qnet_stage(tmp_path, ray_session, monkeypatch):
     """Killed in the Q-net stage (2 passes of 6 updates) after pass 2 was logged: the resumed run
     redoes pass 2 once, finishes the stage (12 updates) and the actor epoch (6 updates)."""

@@ -23,6 +23,7 @@ from rayseq.algorithms.erac import (
     VARIANTS,
     ERACConfig,
     actor_objective,
+    annealed_tau,
     capped_at,
     critic_loss,
     entropy,
@@ -669,3 +670,15 @@ def test_temperature_step_moves_tau_toward_the_target_entropy() -> None:
         temperature_step(0.1, float("nan"), 2.0, 0.5)
     with pytest.raises(ValueError, match="target_entropy needs"):
         ERACConfig(tau=0.0, target_entropy=1.0)
+
+
+def test_annealed_tau_is_linear_to_zero_then_zero() -> None:
+    """τ · max(0, 1 − u/N): τ at u = 0, half at N/2, 0 at N and after; N = 0 keeps τ; bad settings are errors."""
+    assert [annealed_tau(0.04, u, 4) for u in (0, 1, 2, 4, 9)] == pytest.approx([0.04, 0.03, 0.02, 0.0, 0.0])
+    assert annealed_tau(0.04, 1000, 0) == 0.04
+    with pytest.raises(ValueError, match="joint_updates >= 0"):
+        annealed_tau(0.04, -1, 4)
+    with pytest.raises(ValueError, match="tau_anneal_updates"):
+        ERACConfig(tau_anneal_updates=-1)
+    with pytest.raises(ValueError, match="use one"):
+        ERACConfig(tau_anneal_updates=10, target_entropy=1.0)

@@ -115,7 +115,7 @@ def test_configs_map_onto_the_runtime_stages() -> None:
     # every ERACConfig field the runtime may read exists on both, except the critic's own and Eq. 20's
     critic_only = {"tau", "critic_tau", "beta", "lambda_var", "critic_lr", "critic_pretrain_lr",
                    "critic_pretrain_adam_betas", "normalize_logpi_l2", "actor_support", "critic_init", "critic_warm_start",
-                   "critic_valid_every", "target_temperature", "entropy_horizon", "target_entropy", "tau_lr",
+                   "critic_valid_every", "target_temperature", "entropy_horizon", "target_entropy", "tau_lr", "tau_anneal_updates",
                    "critic_valid_sentences", "critic_lr_decay", "critic_max_decays", "fresh_joint_optimizers"}
     for name in {f.name for f in dataclasses.fields(ERACConfig)} - critic_only:
         assert hasattr(ERACConfig(), name) and hasattr(scst, name) and hasattr(mixer, name), name

@@ -93,6 +93,10 @@ class ERACConfig:
     and, with ``critic_tau`` None, the critic target's. None (default): τ stays ``tau``."""
     tau_lr: float = 0.05
     """Step size of that adaptation on log τ, per update and nat of entropy gap."""
+    tau_anneal_updates: int = 0
+    """Anneal τ linearly to 0 over this many joint updates (``annealed_tau``), then hold it at 0:
+    ERAC at the start of joint training, AC (τ = 0) after it. The annealed τ is the actor's (Eq. 20)
+    and, with ``critic_tau`` None, the critic target's. 0 (default): τ stays ``tau``."""
     beta: float = 0.001
     """β: Polyak rate of the target critic, φ̄ ← (1 − β)φ̄ + βφ after every step; in (0, 1]."""
     lambda_var: float = 0.001
@@ -223,6 +227,12 @@ class ERACConfig:
             raise ValueError(f"ERACConfig.target_entropy = {self.target_entropy!r}: must be none (fixed τ) or > 0 nats.")
         if self.target_entropy is not None and self.tau <= 0:
             raise ValueError(f"ERACConfig.target_entropy needs τ > 0 to adapt from (log τ); got tau={self.tau}.")
+        if not isinstance(self.tau_anneal_updates, int) or self.tau_anneal_updates < 0:
+            raise ValueError(f"ERACConfig.tau_anneal_updates = {self.tau_anneal_updates!r}: must be an int >= 0 "
+                             f"(joint updates over which τ falls linearly to 0; 0 = a constant τ).")
+        if self.tau_anneal_updates and self.target_entropy is not None:
+            raise ValueError("ERACConfig: tau_anneal_updates and target_entropy both set τ during joint training; "
+                             "use one (tau_anneal_updates=0 or target_entropy=null).")
         if not (math.isfinite(self.tau_lr) and self.tau_lr > 0):
             raise ValueError(f"ERACConfig.tau_lr = {self.tau_lr}: must be > 0.")
         if not (math.isfinite(self.beta) and 0.0 < self.beta <= 1.0):
@@ -471,6 +481,16 @@ def temperature_step(tau: float, entropy: float, target_entropy: float, lr: floa
         raise ValueError(f"temperature_step: needs τ > 0, a finite entropy and lr > 0; got {tau}, {entropy}, {lr}.")
     low, high = TAU_RANGE
     return float(min(max(tau * math.exp(lr * (target_entropy - entropy)), low), high))
+
+
+def annealed_tau(tau: float, joint_updates: int, anneal_updates: int) -> float:
+    """τ after ``joint_updates`` joint updates of a linear anneal to 0 over ``anneal_updates``:
+    τ · max(0, 1 − u / N); ``anneal_updates`` = 0 keeps τ."""
+    if joint_updates < 0 or anneal_updates < 0:
+        raise ValueError(f"annealed_tau: needs joint_updates >= 0 and anneal_updates >= 0; got {joint_updates}, {anneal_updates}.")
+    if anneal_updates == 0:
+        return float(tau)
+    return float(tau) * max(0.0, 1.0 - joint_updates / anneal_updates)
 
 
 def sharpen_log_probs(logp: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -194,6 +194,7 @@ def joint_stage(run: Run, step: int, done_c: int, per_epoch: float, chunk: int) 
     critic = has_critic(run)
     algo.set_stage("joint")
     algo.set_lr(schedule.lr)
+    algo.joint_updates = done
     if state.get("tau") is not None:  # the automatic temperature where the run left it
         algo.set_tau(state["tau"])
     if start_bleu is None:

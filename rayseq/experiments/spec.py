@@ -33,6 +33,7 @@ JOINT_ONLY_FIELDS: frozenset[str] = frozenset({
     "tau", "critic_tau", "lambda_mle", "actor_lr", "critic_lr", "adam_betas", "critic_init", "fresh_joint_optimizers",
     "joint_epochs", "valid_every", "collapse_margin", "actor_lr_decay", "max_lr_decays", "samples_per_source",
     "sample_len_slack", "normalize_logpi_l2", "actor_support", "seed", "mle_epochs", "target_entropy", "tau_lr",
+    "tau_anneal_updates",
 })
 """Actor-critic settings that critic pretraining does not read (the critic target's τ enters as
 ``target_tau``): runs that differ only in these can share one pretrained critic."""

@@ -37,7 +37,7 @@ from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import LEARNER_RESULTS
 from tqdm import tqdm
 
-from rayseq.algorithms.erac import temperature_step
+from rayseq.algorithms.erac import annealed_tau, temperature_step
 from rayseq.metrics import (
     ENTROPY,
     LOSS_ACTOR,
@@ -134,6 +134,8 @@ class ActorCriticAlgorithm(Algorithm):
         self._tau: float | None = getattr(self.erac, "tau", None)
         """The entropy weight τ in force (``set_tau``); None for objectives without one."""
         self.num_updates = 0
+        self.joint_updates = 0
+        """Updates of the joint stage so far (a resumed run's driver sets it; τ's anneal counts them)."""
         self.tokens_total = 0
         """Tokens sampled by the rollout workers over the run (the compare plot's x axis)."""
         self.updates_per_iteration = int(self.config.updates_per_iteration)
@@ -330,6 +332,9 @@ class ActorCriticAlgorithm(Algorithm):
                     fresh = fresh + more
                 self._credit -= 1.0
                 episodes = self.buffer.sample(n)
+            anneal = getattr(self.erac, "tau_anneal_updates", 0)
+            if anneal and self.stage == "joint":  # τ falls linearly to 0: ERAC → AC
+                self.set_tau(annealed_tau(self.erac.tau, self.joint_updates, anneal))
             batch = collate(episodes)
             lag = self.num_updates - batch["version"]
             results = self.learner_group.update(
@@ -338,6 +343,7 @@ class ActorCriticAlgorithm(Algorithm):
             )
             self.metrics.aggregate(results, key=LEARNER_RESULTS)
             self.num_updates += 1
+            self.joint_updates += self.stage == "joint"
             trained_tokens += int(batch["lengths"].sum() + (~batch["capped"]).sum())
             rec = {k: float(np.mean([r[DEFAULT_MODULE_ID][k].peek() for r in results if k in r[DEFAULT_MODULE_ID]]))
                    for k in LEARNER_KEYS if k in results[0][DEFAULT_MODULE_ID]}
