@@ -89,8 +89,9 @@ def test_a_failing_trial_is_tabulated_with_its_error_and_retried_on_request(tmp_
 
 
 def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session):
-    """``reproduce ac --shared-mle --shared-critic`` on the toy task, 2 seeds: one MLE run, two critic
-    pretrainings (τ = 0 for AC and ERAC w/o future entropy, τ > 0 for both ERACs), then every arm × seed
+    """``reproduce ac --shared-mle --shared-critic`` on the toy task, 2 seeds: one MLE run, three critic
+    pretrainings (τ = 0 for AC and ERAC w/o future entropy, τ > 0 for both ERACs, τ > 0 with the entropy
+    horizon for ERAC (horizon=reference), a different critic target), then every arm × seed
     starts from that actor and its critic; MLE continued gets exactly the joint stage's updates."""
     from rayseq.experiments.paper import reproduce
 
@@ -100,22 +101,29 @@ def test_ac_protocol_with_one_mle_actor_and_shared_critics(tmp_path, ray_session
     report = reproduce("ac", "toy", seeds=2, out=str(out), preset="cpu", overrides=[*RUN2, *budget],
                        shared_mle=True, shared_critic=True, max_concurrent=2)
     assert [r["key"] for r in report["mle_runs"]] == ["mle-seed1234"]
-    assert [r["key"] for r in report["critic_runs"]] == ["critic-ac-seed1234", "critic-erac-seed1234"]
+    assert [r["key"] for r in report["critic_runs"]] == ["critic-ac-seed1234", "critic-erac-seed1234",
+                                                         "critic-erac-horizonreference-seed1234"]
     assert all(r["status"] == "ok" for r in report["runs"] + report["critic_runs"]), report["runs"]
     critic_of = {"ac": "critic-ac-seed1234", "erac-nofutent": "critic-ac-seed1234",
-                 "erac": "critic-erac-seed1234", "erac-eq20": "critic-erac-seed1234"}
+                 "erac": "critic-erac-seed1234", "erac-eq20": "critic-erac-seed1234",
+                 "erac (horizon=reference)": "critic-erac-horizonreference-seed1234"}
     for run in report["runs"]:
         results = _results(Path(run["run_dir"]))
-        if run["algo"] in critic_of:
-            assert results["critic"]["source"] == f"critic_init {out / critic_of[run['algo']] / 'critic_best.pt'}"
+        if run["label"] in critic_of:
+            assert run["algo"] in ("ac", "erac", "erac-eq20", "erac-nofutent")
+            row = critic_of[run["label"]]
+            assert results["critic"]["source"] == f"critic_init {out / row / 'critic_best.pt'}"
             assert results["critic_updates"] == 0 and results["joint_updates"] == 6
         elif run["label"] == "mle (continued)":
             assert results["updates"] == 6  # 0.02 of 300 updates an epoch: the joint stage's budget
     for critic in report["critic_runs"]:
         results = _results(Path(critic["run_dir"]))
         assert results["critic_updates"] == 6 and results["joint_updates"] == 0
+        horizon = json.loads((Path(critic["run_dir"]) / "run.json").read_text())["algo_config"]["entropy_horizon"]
+        assert horizon == ("reference" if "horizon" in critic["key"] else "all"), critic["key"]
     md = (out / "ac.md").read_text()
     assert "| critic-ac-seed1234 | 6 |" in md and "| critic-erac-seed1234 | 6 |" in md
+    assert "| critic-erac-horizonreference-seed1234 | 6 |" in md
 
 
 def test_vaml_protocol_with_one_mle_actor_and_one_qnet(tmp_path, ray_session, capfd):

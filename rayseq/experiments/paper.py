@@ -95,13 +95,15 @@ def _table3_arms(grid: Grid) -> list[Arm]:
 
 def _ac_arms(grid: Grid) -> list[Arm]:
     """The actor-critic protocol's rows: the MLE actor, MLE continued for the joint stage's budget,
-    and each actor-critic variant from that actor."""
+    and each actor-critic variant from that actor — ERAC also with the entropy bonus counted only up
+    to the reference length (``algo.entropy_horizon=reference``, its own critic)."""
     epochs = grid.continued_epochs if grid.continued_epochs is not None else 1.0
     continued = [f"epochs={max(1, math.ceil(epochs))}", f"algo.budget_epochs={_num(epochs)}"]
     if grid.continued_valid_every:
         continued.append(f"algo.valid_every_updates={grid.continued_valid_every}")
-    return [Arm("mle"), Arm("mle", "continued", tuple(continued), from_mle=True),
-            *(Arm(a) for a in ("ac", "erac", "erac-eq20", "erac-nofutent"))]
+    return [Arm("mle"), Arm("mle", "continued", tuple(continued), from_mle=True), Arm("ac"), Arm("erac"),
+            Arm("erac", "horizon=reference", ("algo.entropy_horizon=reference",)),
+            *(Arm(a) for a in ("erac-eq20", "erac-nofutent"))]
 
 
 def rl_stage_budget(cfg: ExperimentConfig) -> tuple[float, int]:
@@ -443,8 +445,8 @@ PAPER_EXPERIMENTS: dict[str, PaperExperiment] = {
     "fig1": PaperExperiment(
         "Figure 1: ERAC's BLEU against the entropy weight τ", 1, _fig1_arms, _render_fig1, _plot_fig1, ("taus",)),
     "ac": PaperExperiment(
-        "The actor-critic protocol: MLE, MLE continued, AC, ERAC (official actor term), ERAC (Eq. 20 as printed), "
-        "ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_ac,
+        "The actor-critic protocol: MLE, MLE continued, AC, ERAC (official actor term), ERAC with the entropy "
+        "horizon at the reference length, ERAC (Eq. 20 as printed), ERAC w/o future entropy, all from the same MLE actor", 3, _ac_arms, _render_ac, _plot_ac,
         ("continued_epochs", "continued_valid_every")),
     "vaml": PaperExperiment(
         "The VAML protocol: MLE continued, RAML, VAML from one MLE actor, same epochs", 3, _vaml_arms, _render_vaml, _plot_vaml, ("finetune_epochs", "finetune_checks")),
