@@ -409,19 +409,14 @@ def test_resume_mid_joint_stage(tmp_path, mle_run, monkeypatch, nth):
     check_bleu(run, results, cfg)
 
 
-@pytest.mark.ray
-def test_automatic_temperature_follows_its_equation_across_a_resume(tmp_path, mle_run, monkeypatch):
-    """``algo.target_entropy`` (SAC's automatic temperature): after every joint update τ takes one
-    ``temperature_step`` from the previous τ with that update's policy entropy — from ``algo.tau`` at
-    the start, and across a kill after 4 updates (checkpoint at 2), from the τ the checkpoint kept.
-    The target is above any policy's entropy here, so τ grows at every update."""
-    from rayseq.algorithms.erac import temperature_step
-    from rayseq.metrics import ENTROPY, TAU
+def _tau_across_a_kill(run: Path, mle_run: Path, monkeypatch, *settings: str) -> list[dict]:
+    """6 joint updates of ERAC with ``settings``, validated every 2, killed after the second
+    validation (checkpoint at 2 updates) and resumed; the metric records that carry τ, checked to
+    be one per update."""
+    from rayseq.metrics import TAU
     from rayseq.train import train
 
-    run = tmp_path / "auto"
-    cfg = _erac(run, mle_run, "algo.critic_pretrain_epochs=0", "algo.joint_epochs=0.2", "algo.valid_every=2",
-                "algo.target_entropy=20", "algo.tau_lr=0.01")
+    cfg = _erac(run, mle_run, "algo.critic_pretrain_epochs=0", "algo.joint_epochs=0.2", "algo.valid_every=2", *settings)
     _kill_after_logging(monkeypatch, "joint stage", nth=2)
     with pytest.raises(Killed):
         train(cfg)
@@ -430,6 +425,20 @@ def test_automatic_temperature_follows_its_equation_across_a_resume(tmp_path, ml
     train(cfg, resume=True)
     recs = [r for r in read_metrics(run) if TAU in r]
     assert [r["step"] for r in recs] == list(range(1, 7))
+    return recs
+
+
+@pytest.mark.ray
+def test_automatic_temperature_follows_its_equation_across_a_resume(tmp_path, mle_run, monkeypatch):
+    """``algo.target_entropy`` (SAC's automatic temperature): after every joint update τ takes one
+    ``temperature_step`` from the previous τ with that update's policy entropy — from ``algo.tau`` at
+    the start, and across a kill after 4 updates (checkpoint at 2), from the τ the checkpoint kept.
+    The target is above any policy's entropy here, so τ grows at every update."""
+    from rayseq.algorithms.erac import temperature_step
+    from rayseq.metrics import ENTROPY, TAU
+
+    run = tmp_path / "auto"
+    recs = _tau_across_a_kill(run, mle_run, monkeypatch, "algo.target_entropy=20", "algo.tau_lr=0.01")
     tau = 0.045
     for r in recs:
         tau = temperature_step(tau, r[ENTROPY], 20.0, 0.01)
@@ -444,19 +453,9 @@ def test_tau_anneal_falls_linearly_to_zero_across_a_resume(tmp_path, mle_run, mo
     so AC's τ = 0 from the fifth update on — also across a kill after 4 updates (checkpoint at 2),
     where the resumed run counts its joint updates from the checkpoint's."""
     from rayseq.metrics import TAU
-    from rayseq.train import train
 
     run = tmp_path / "anneal"
-    cfg = _erac(run, mle_run, "algo.critic_pretrain_epochs=0", "algo.joint_epochs=0.2", "algo.valid_every=2",
-                "algo.tau_anneal_updates=4")
-    _kill_after_logging(monkeypatch, "joint stage", nth=2)
-    with pytest.raises(Killed):
-        train(cfg)
-    assert _trainer_state(run)["joint_updates"] == 2
-    monkeypatch.undo()
-    train(cfg, resume=True)
-    recs = [r for r in read_metrics(run) if TAU in r]
-    assert [r["step"] for r in recs] == list(range(1, 7))
+    recs = _tau_across_a_kill(run, mle_run, monkeypatch, "algo.tau_anneal_updates=4")
     assert [r[TAU] for r in recs] == pytest.approx([0.045, 0.03375, 0.0225, 0.01125, 0.0, 0.0], abs=1e-15)
     assert _trainer_state(run)["tau"] == 0.0
 
