@@ -70,9 +70,10 @@ def test_shared_mle_runs_one_mle_that_every_seed_starts_from(tmp_path):
 
 def test_shared_critic_pretrains_each_distinct_critic_once(tmp_path):
     """AC and ERAC w/o future entropy train the same τ = 0 critic, ERAC and its Eq. 20 variant the same
-    τ > 0 one; a τ arm changes the critic target, an actor-only setting (actor_lr) does not."""
+    τ > 0 one; a τ arm changes the critic target, a joint-only setting (actor_lr, τ's anneal) does not."""
     arms = [Arm("ac"), Arm("erac"), Arm("erac-eq20"), Arm("erac-nofutent"), Arm("erac", "tau=0.1", ("algo.tau=0.1",)),
-            Arm("erac", "lr", ("algo.actor_lr=1e-5",)), Arm("mle", "continued", ("algo.budget_epochs=0.5",), from_mle=True)]
+            Arm("erac", "lr", ("algo.actor_lr=1e-5",)), Arm("erac", "anneal", ("algo.tau_anneal_updates=10",)),
+            Arm("mle", "continued", ("algo.budget_epochs=0.5",), from_mle=True)]
     cfg = ExperimentConfig(task="toy", arms=arms, seeds=2, out=str(tmp_path), shared_mle=True, shared_critic=True)
     phases = trial_specs(cfg)
     assert list(phases) == ["mle", "critic", "main"]
@@ -85,7 +86,7 @@ def test_shared_critic_pretrains_each_distinct_critic_once(tmp_path):
     for seed in (1234, 1235):
         assert init[f"ac-seed{seed}"] == init[f"erac-nofutent-seed{seed}"] == by_critic["critic-ac-seed1234"]
         assert init[f"erac-seed{seed}"] == init[f"erac-eq20-seed{seed}"] == init[f"erac-lr-seed{seed}"] \
-            == by_critic["critic-erac-seed1234"]
+            == init[f"erac-anneal-seed{seed}"] == by_critic["critic-erac-seed1234"]
         assert init[f"erac-tau0.1-seed{seed}"] == by_critic["critic-erac-tau0.1-seed1234"]
         assert init[f"mle-continued-seed{seed}"] is None
     with pytest.raises(ValueError, match="needs --shared-mle"):
@@ -103,7 +104,8 @@ def test_ac_protocol_gives_mle_continued_the_rl_stage_budget(tmp_path):
                            overrides=["erac:algo.joint_epochs=0.5", "algo.valid_every=29"])
     assert rl_stage_budget(cfg) == (0.5, 29)
     arms = PAPER_EXPERIMENTS["ac"].arms(Grid(continued_epochs=0.5, continued_valid_every=29))
-    assert [a.label for a in arms] == ["mle", "mle (continued)", "ac", "erac", "erac-eq20", "erac-nofutent"]
+    assert [a.label for a in arms] == ["mle", "mle (continued)", "ac", "erac", "erac (horizon=reference)", "erac-eq20", "erac-nofutent"]
+    assert arms[4].overrides == ("algo.entropy_horizon=reference",)
     assert arms[1].overrides == ("epochs=1", "algo.budget_epochs=0.5", "algo.valid_every_updates=29")
     assert PAPER_EXPERIMENTS["ac"].arms(Grid(continued_epochs=2.0, continued_valid_every=0))[1].overrides == \
         ("epochs=2", "algo.budget_epochs=2")
