@@ -26,9 +26,22 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are drawn, so the kernel cannot
+    hand out one port twice (two Ray components on one port make ``ray start`` fail)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -46,18 +59,19 @@ class LocalHead:
     def __init__(self, num_cpus: int = 2, env: dict[str, str] | None = None, args: list[str] | None = None,
                  port: int | None = None, block: bool = True) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="rsh-", dir="/tmp")  # short: unix socket paths
-        self.port = port or free_port()
-        self.dashboard_port = free_port()
+        ports = [p for p in free_ports(10) if p != port][:9]
+        self.port = port or ports[8]
+        self.dashboard_port = ports[0]
         self.env = ray_env(env)
         ray_bin = str(Path(sys.executable).with_name("ray"))
         self.cmd = [
             ray_bin, "start", "--head", *(["--block"] if block else []), f"--temp-dir={self.temp_dir}", f"--port={self.port}",
             "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
+            f"--ray-client-server-port={ports[1]}", f"--dashboard-agent-listen-port={ports[2]}",
+            f"--dashboard-agent-grpc-port={ports[3]}", f"--metrics-export-port={ports[4]}",
+            f"--runtime-env-agent-port={ports[5]}", f"--node-manager-port={ports[6]}",
+            f"--object-manager-port={ports[7]}", "--min-worker-port=0", "--max-worker-port=0",
             "--disable-usage-stats", *(args or []),
         ]
         self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
@@ -177,9 +191,9 @@ class LocalWorker(LocalHead):
         self.cmd = [
             ray_bin, "start", f"--address={head.address}", "--block", f"--temp-dir={self.temp_dir}",
             "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            *(f"--{name}-port={p}" for name, p in zip(
+                ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export", "runtime-env-agent", "node-manager",
+                 "object-manager"), free_ports(6))),
             "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats",
             *([f"--resources={json.dumps(resources)}"] if resources else []),
         ]
