@@ -90,8 +90,7 @@ def score(run: Run, actor: Seq2Seq, weights: Mapping[str, Any], stage: str) -> d
     n = len(valid) if ac.critic_valid_sentences is None else min(ac.critic_valid_sentences, len(valid))
     slack = ac.pretrain_len_slack if stage == "critic" else ac.sample_len_slack
     tau = ac.tau if stage == "critic" or run.algo.tau is None else run.algo.tau  # annealed or automatic τ in force
-    critic_tau = tau if ac.critic_tau is None else ac.critic_tau
-    return score_critic(critic_model(run, weights), actor, valid, tau, n, critic_tau=critic_tau,
+    return score_critic(critic_model(run, weights), actor, valid, tau, n, critic_tau=ac.critic_tau,  # None: tau
                         target_temperature=ac.target_temperature, entropy_horizon=ac.entropy_horizon, len_slack=slack, max_len=ac.max_sample_len, seed=ac.seed, exclude=ac.exclude_tokens)
 
 
