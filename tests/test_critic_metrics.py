@@ -122,6 +122,13 @@ def test_boltzmann_entropy_hand_computed() -> None:
     assert math.isclose(float(boltzmann_entropy(q, 0.0, mask, exclude=(3,))), math.log(3) / 2, rel_tol=1e-12)
     assert math.isclose(float(boltzmann_entropy(q, 0.3, torch.tensor([[False, True]]), exclude=(3,))), h_b, rel_tol=1e-12)
     assert float(boltzmann_entropy(q, 0.0, torch.tensor([[False, True]]), exclude=(3,))) == 0.0
+    # top_k = 2 (VAML's cut P_Q): state B keeps its two best tokens (the same H), state A two of
+    # its three equal ones (log 2); the excluded token 3 never counts, though its Q is the largest
+    cut = boltzmann_entropy(q, 0.3, mask, exclude=(3,), top_k=2)
+    assert math.isclose(float(cut), (math.log(2) + h_b) / 2, rel_tol=1e-12)
+    assert float(boltzmann_entropy(q, 0.3, mask, exclude=(3,), top_k=3)) == float(boltzmann_entropy(q, 0.3, mask, exclude=(3,)))
+    with pytest.raises(ValueError, match="top_k=-1"):
+        boltzmann_entropy(q, 0.3, mask, exclude=(3,), top_k=-1)
 
 
 def test_eos_margin_hand_computed() -> None:

@@ -156,13 +156,14 @@ def test_packed_qnet_loss_and_gradients_equal_the_padded_equation(target: bool) 
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("pq_tau", [None, 0.1])
-def test_packed_actor_loss_equals_the_padded_equation_and_leaves_the_qnet_frozen(pq_tau: float | None) -> None:
-    """Eq. (17) at P_Q = softmax(Q/τ) with τ = ``tau`` (the paper) or the sharper ``pq_tau``."""
+@pytest.mark.parametrize(("pq_tau", "pq_topk"), [(None, 0), (0.1, 0), (None, 3)])
+def test_packed_actor_loss_equals_the_padded_equation_and_leaves_the_qnet_frozen(pq_tau: float | None, pq_topk: int) -> None:
+    """Eq. (17) at P_Q = softmax(Q/τ) with τ = ``tau`` (the paper) or the sharper ``pq_tau``, over the
+    whole vocabulary or the Q-net's ``pq_topk`` best tokens."""
     from rayseq.runtime.vaml import packed_vaml_losses
 
     module = _module("actor")
-    v = VAMLConfig(num_samples=2, mix_mode="expected", mix_prob=0.3, pq_tau=pq_tau)
+    v = VAMLConfig(num_samples=2, mix_mode="expected", mix_prob=0.3, pq_tau=pq_tau, pq_topk=pq_topk)
     rows = vaml_actor_rows([np.array([4, 5, 6]), np.array([7, 8])], [np.array([4, 5, 6, 7]), np.array([9, 10])], v, 14,
                            np.random.default_rng(0))
     b = {k: torch.as_tensor(a) for k, a in rows.items()}
@@ -173,10 +174,10 @@ def test_packed_actor_loss_equals_the_padded_equation_and_leaves_the_qnet_frozen
     logits = module.actor(b["src"], b["src_len"], b["tgt_in"])
     q = module.qnet(b["ref"], b["ref_len"], b["tgt_in"]).detach()
     w = b["weight"][:, None].expand(b["tgt_out"].shape)
-    expect = vaml_actor_loss(logits, b["tgt_out"], qnet_token_targets(q, pq_tau or 0.4, v.exclude_tokens),
+    expect = vaml_actor_loss(logits, b["tgt_out"], qnet_token_targets(q, pq_tau or 0.4, v.exclude_tokens, pq_topk),
                              torch.full(b["tgt_out"].shape, 0.3), w, num_sources=2)
     assert math.isclose(float(loss), float(expect.loss), rel_tol=1e-5)
-    if pq_tau is not None:  # the target really is another one than at τ = 0.4
+    if pq_tau is not None or pq_topk:  # the target really is another one than the full P_Q at τ = 0.4
         other = vaml_actor_loss(logits, b["tgt_out"], qnet_token_targets(q, 0.4, v.exclude_tokens),
                                 torch.full(b["tgt_out"].shape, 0.3), w, num_sources=2)
         assert not math.isclose(float(loss), float(other.loss), rel_tol=1e-5)
@@ -269,6 +270,21 @@ def test_every_qnet_selection_rule_names_a_held_out_figure() -> None:
         VAMLConfig(qnet_select="bleu")
     with pytest.raises(ValueError, match="pq_tau=0.0"):
         VAMLConfig(pq_tau=0.0)
+    with pytest.raises(ValueError, match="pq_topk=-1"):
+        VAMLConfig(pq_topk=-1)
+
+
+def test_qnet_targets_cut_to_the_top_k_tokens_and_renormalised() -> None:
+    """P_Q with ``top_k``: softmax(Q/τ) over the k best allowed tokens, hand-computed; the excluded
+    token stays out even where its Q is the largest, and k ≥ the allowed tokens is the full P_Q."""
+    q = torch.tensor([[9.0, 0.0, 2.0, 1.0, -1.0], [9.0, 3.0, 2.5, 0.0, 5.0]], dtype=torch.float64)  # token 0 excluded
+    p = qnet_token_targets(q, tau=0.5, exclude=(0,), top_k=2)
+    z0, z1 = math.exp(4) + math.exp(2), math.exp(6) + math.exp(10)
+    expect = torch.tensor([[0.0, 0.0, math.exp(4) / z0, math.exp(2) / z0, 0.0],
+                           [0.0, math.exp(6) / z1, 0.0, 0.0, math.exp(10) / z1]], dtype=torch.float64)
+    torch.testing.assert_close(p, expect)
+    for k in (0, 4, 7):
+        torch.testing.assert_close(qnet_token_targets(q, 0.5, (0,), top_k=k), qnet_token_targets(q, 0.5, (0,)))
 
 
 def test_runs_share_a_qnet_only_when_its_step_1_settings_agree() -> None:
@@ -279,4 +295,4 @@ def test_runs_share_a_qnet_only_when_its_step_1_settings_agree() -> None:
 
     step1 = {f.name for f in fields(VAMLConfig) if f.name.startswith("qnet_")} - {"qnet_init", "qnet_only"}
     assert step1 <= QNET_FIELDS
-    assert not {"pq_tau", "mix_prob", "mix_mode", "num_samples", "raml_tau"} & QNET_FIELDS
+    assert not {"pq_tau", "pq_topk", "mix_prob", "mix_mode", "num_samples", "raml_tau"} & QNET_FIELDS

@@ -227,8 +227,10 @@ def boltzmann_entropy(
     tau: float,
     mask: torch.Tensor,  # [N, T] bool, states to average over
     exclude: Sequence[int] = BANNED_TOKENS,
+    top_k: int = 0,
 ) -> torch.Tensor:
-    """Mean entropy (nats) of softmax_w(Q(s, w)/τ) over the allowed tokens, per valid state.
+    """Mean entropy (nats) of softmax_w(Q(s, w)/τ) over the allowed tokens, per valid state; with
+    ``top_k`` > 0 over the ``top_k`` largest Q(s, ·) only (VAML's cut target, ``algo.pq_topk``).
 
     The Boltzmann policy of Q: the target ERAC's actor is pulled toward (Eq. 20 is maximised by
     π ∝ exp(Q/τ)) and VAML's token-level target P_Qφ (Eq. 17). τ = 0 is handled explicitly as
@@ -244,6 +246,11 @@ def boltzmann_entropy(
     allowed = _allowed(q.size(-1), exclude, q.device)  # [V]
     qf = q if q.dtype in (torch.float32, torch.float64) else q.float()
     qm = qf.masked_fill(~allowed, float("-inf"))  # [N, T, V]
+    if top_k < 0:
+        raise ValueError(f"boltzmann_entropy: top_k={top_k} must be >= 0 (0 = every allowed token).")
+    if 0 < top_k < int(allowed.sum()):
+        keep = torch.zeros_like(qm, dtype=torch.bool).scatter_(-1, qm.topk(top_k, dim=-1).indices, True)
+        qm = qm.masked_fill(~keep, float("-inf"))
     if tau == 0:
         ties = (qm == qm.max(-1, keepdim=True).values).sum(-1)  # [N, T]
         h = ties.clamp(min=1).to(qf.dtype).log()  # [N, T]

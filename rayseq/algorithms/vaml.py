@@ -95,6 +95,11 @@ class VAMLConfig(SupervisedConfig):
     pq_tau: float | None = None
     """τ of the actor's target P_Qφ = softmax(Q/τ) in step 2 (Eq. 17); None: ``tau`` (the paper).
     Smaller is sharper: with a large vocabulary the soft Q at τ = 0.4 spreads P_Qφ almost evenly."""
+    pq_topk: int = 0
+    """Keep P_Qφ only on the Q-net's ``pq_topk`` best tokens at each step, renormalised there
+    (``qnet_token_targets``); 0 = the whole vocabulary (the paper). The soft Q of the thousands of
+    tokens no trajectory took is nearly flat, so a sharper τ alone still leaves a near-uniform tail;
+    this cuts the tail and keeps the Q-net's ranking of its plausible tokens."""
     num_samples: int = 4
     """RAML samples per reference (the reference is added: K = num_samples + 1)."""
     raml_tau: float = 1.0
@@ -123,6 +128,9 @@ class VAMLConfig(SupervisedConfig):
             raise ValueError(f"VAMLConfig.mix_prob={self.mix_prob}: must be in [0, 1].")
         if self.pq_tau is not None and not self.pq_tau > 0:
             raise ValueError(f"VAMLConfig.pq_tau={self.pq_tau}: must be > 0 (Eq. 17 divides by it), or none for tau.")
+        if not isinstance(self.pq_topk, int) or isinstance(self.pq_topk, bool) or self.pq_topk < 0:
+            raise ValueError(f"VAMLConfig.pq_topk={self.pq_topk!r}: must be an int >= 0 (the tokens P_Q keeps per "
+                             f"step; 0 = the whole vocabulary).")
         if self.qnet_select not in QNET_SELECT:
             raise ValueError(f"VAMLConfig.qnet_select={self.qnet_select!r}; use one of {tuple(QNET_SELECT)}.")
         if self.mix_mode not in MIX_MODES:
@@ -253,14 +261,22 @@ def soft_q_loss(
 # ======================================================================= step 2: the actor
 
 
-def qnet_token_targets(q: torch.Tensor, tau: float, exclude: Sequence[int] = (PAD, BOS)) -> torch.Tensor:
+def qnet_token_targets(q: torch.Tensor, tau: float, exclude: Sequence[int] = (PAD, BOS), top_k: int = 0) -> torch.Tensor:
     """Token-level target distribution, Eq. (17): P_Qφ(w | s) = softmax_w(Q_φ(s, w)/τ), 0 at the
-    excluded tokens. q: [..., V]. Returns [..., V] float32/64, detached."""
+    excluded tokens; with ``top_k`` > 0, 0 outside the ``top_k`` largest Q(s, ·) of the allowed
+    tokens and renormalised over them. q: [..., V].
+    Returns [..., V] float32/64, detached."""
     if not tau > 0:
         raise ValueError(f"qnet_token_targets: τ={tau} must be > 0.")
+    if top_k < 0:
+        raise ValueError(f"qnet_token_targets: top_k={top_k} must be >= 0 (0 = every token).")
     allowed = _allowed_mask(q.size(-1), exclude, q.device)
     logits = q.detach().float() if q.dtype not in (torch.float32, torch.float64) else q.detach()
-    return torch.softmax((logits / tau).masked_fill(~allowed, float("-inf")), dim=-1)
+    scaled = (logits / tau).masked_fill(~allowed, float("-inf"))
+    if 0 < top_k < int(allowed.sum()):
+        keep = torch.zeros_like(scaled, dtype=torch.bool).scatter_(-1, scaled.topk(top_k, dim=-1).indices, True)
+        scaled = scaled.masked_fill(~keep, float("-inf"))
+    return torch.softmax(scaled, dim=-1)
 
 
 def token_mix(

@@ -13,7 +13,7 @@ without improvement by that figure, and after ``qnet_max_decays`` decays the sta
   oracle that reads y* should reproduce it (near 100);
 * the critic-quality figures of ``rayseq.evaluation.critic.score_qnet``: top-1 / top-5 accuracy of
   argmax Q for the next reference token, entropy of step 2's target P_Q = softmax(Q/τ) (τ =
-  ``algo.pq_tau`` when set), the eos margin after y*.
+  ``algo.pq_tau`` when set; on the ``algo.pq_topk`` best tokens when set), the eos margin after y*.
 
 The finished Q-net is written to ``RUN_DIR/qnet.pt`` (``algo.qnet_init`` of a later run may reuse
 it and skip step 1; such a run writes its copy there too). Step 2 (the actor, Eq. 17; from ``algo.actor_init`` when given) is the supervised epoch loop
@@ -140,7 +140,8 @@ def evaluate_qnet(
     wrapped = [np.concatenate([[BOS], y, [EOS]]).astype(np.int64) for y in refs]
     hyps = translate_ids(critic.net, wrapped, beam=1, max_len=max_len, desc="Q-net greedy")
     bleu = corpus_bleu_ids(hyps, [[y] for y in refs])["bleu"]
-    quality = score_qnet(critic, (valid.src[:n], refs), v.actor_target_tau, len(refs), exclude=v.exclude_tokens)
+    quality = score_qnet(critic, (valid.src[:n], refs), v.actor_target_tau, len(refs), exclude=v.exclude_tokens,
+                         top_k=v.pq_topk)
     return {QNET_VALID_TD: td / max(seqs, 1), QNET_GREEDY_BLEU: float(bleu), **quality}
 
 

@@ -283,6 +283,7 @@ def score_qnet(
     *,
     batch_size: int = 64,
     exclude: Sequence[int] = BANNED_TOKENS,
+    top_k: int = 0,
 ) -> dict[str, float]:
     """Critic-quality metrics of VAML's Q-net (no actor) on the reference prefixes of ``data``.
 
@@ -293,9 +294,10 @@ def score_qnet(
       n_sentences: score the first this many references.
       batch_size: references per forward pass.
       exclude: tokens that are never actions (``VAMLConfig.exclude_tokens``).
+      top_k: P_Qφ kept on the Q-net's ``top_k`` best tokens (``VAMLConfig.pq_topk``; 0 = all).
 
     Returns floats: ``critic/top1_acc``, ``critic/top5_acc``, ``critic/target_entropy``
-    (entropy of P_Qφ on the reference prefixes), ``critic/eos_margin``,
+    (entropy of P_Qφ, as step 2 uses it, on the reference prefixes), ``critic/eos_margin``,
     ``critic/eos_margin_positive``.
     """
     fn = "score_qnet"
@@ -314,7 +316,7 @@ def score_qnet(
             n = mask.sum()
             top1.add(topk_accuracy(q, next_ref, mask, 1, exclude), n)
             top5.add(topk_accuracy(q, next_ref, mask, 5, exclude), n)
-            ent.add(boltzmann_entropy(q, tau, mask, exclude), n)
+            ent.add(boltzmann_entropy(q, tau, mask, exclude, top_k), n)
             em = eos_margin(q, ref_len, mask, EOS, exclude)
             margin.add(em.mean, em.count)
             positive.add(em.positive, em.count)
@@ -361,8 +363,9 @@ def score_run_critic(run_dir: str | os.PathLike[str], n_sentences: int | None = 
     n = min(int(n), len(valid))
     tau = float(algo.get("tau", 0.0))
     exclude = tuple(algo.get("exclude_tokens", BANNED_TOKENS))
-    if qnet:
-        metrics = score_qnet(model, valid, tau, n, exclude=exclude)
+    if qnet:  # P_Qφ as step 2 uses it (algo.pq_tau, algo.pq_topk)
+        tau = float(algo["pq_tau"]) if algo.get("pq_tau") is not None else tau
+        metrics = score_qnet(model, valid, tau, n, exclude=exclude, top_k=int(algo.get("pq_topk", 0)))
     else:
         actor = load_actor(resolve_actor(run_dir, which)).model
         critic_tau = algo.get("critic_tau")

@@ -215,7 +215,7 @@ def packed_vaml_losses(
     at, rest = fwd_out[Q_STEPS], mask & ~fwd_out[Q_STEPS]  # [N, T]: steps with m_t > 0, the other real ones
     weights = batch["weight"][:, None].expand(mask.shape)  # [N, T]
     aloss = vaml_actor_loss_rows(
-        fwd_out[LOGIT_ROWS_Q], batch["tgt_out"][at], qnet_token_targets(q_rows, vaml.actor_target_tau, vaml.exclude_tokens),  # Eq. (17)
+        fwd_out[LOGIT_ROWS_Q], batch["tgt_out"][at], qnet_token_targets(q_rows, vaml.actor_target_tau, vaml.exclude_tokens, vaml.pq_topk),  # Eq. (17)
         batch[MIX][at], weights[at], fwd_out[LOGIT_ROWS_NLL], batch["tgt_out"][rest], weights[rest],
         num_sources=float(batch["weight"].sum()), mix_prob=vaml.mix_prob,
     )
