@@ -151,7 +151,7 @@ def test_packed_qnet_loss_and_gradients_equal_the_padded_equation(target: bool) 
     v_net = q if not target else module.target_qnet(b["ref"], b["ref_len"], b["tgt_in"]).detach()
     tgt = soft_q_target(b["rewards"], soft_max_value(v_net, v.tau, v.exclude_tokens), done, mask)
     expect = soft_q_loss(q.gather(-1, b["actions"].unsqueeze(-1)).squeeze(-1), tgt, mask).loss
-    assert math.isclose(float(loss), float(expect.detach()), rel_tol=1e-5)
+    assert math.isclose(float(loss.detach()), float(expect.detach()), rel_tol=1e-5)
     for g, r in zip(grads, torch.autograd.grad(expect, list(module.qnet.parameters()))):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
