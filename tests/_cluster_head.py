@@ -44,6 +44,19 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+NODE_PORTS: tuple[str, ...] = ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export", "runtime-env-agent",
+                               "node-manager", "object-manager")
+"""The ``ray start --NAME-port`` flags every node gets its own port for (a head also its GCS, dashboard
+and Ray Client ports)."""
+
+
+def port_flags(names: tuple[str, ...], ports: list[int]) -> list[str]:
+    """``--NAME-port=P`` for each name with its port (one port each)."""
+    if len(ports) != len(names):
+        raise ValueError(f"port_flags: {len(names)} names, {len(ports)} ports")
+    return [f"--{name}-port={p}" for name, p in zip(names, ports)]
+
+
 def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
@@ -59,26 +72,16 @@ class LocalHead:
     def __init__(self, num_cpus: int = 2, env: dict[str, str] | None = None, args: list[str] | None = None,
                  port: int | None = None, block: bool = True) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="rsh-", dir="/tmp")  # short: unix socket paths
-        ports = [p for p in free_ports(10) if p != port][:9]
-        self.port = port or ports[8]
+        ports = [p for p in free_ports(len(NODE_PORTS) + 4) if p != port][:len(NODE_PORTS) + 3]
+        self.port = port or ports.pop()
         self.dashboard_port = ports[0]
         self.env = ray_env(env)
-        ray_bin = str(Path(sys.executable).with_name("ray"))
-        self.cmd = [
-            ray_bin, "start", "--head", *(["--block"] if block else []), f"--temp-dir={self.temp_dir}", f"--port={self.port}",
-            "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        self._launch([
+            "--head", *(["--block"] if block else []), f"--port={self.port}", "--num-gpus=0",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={ports[1]}", f"--dashboard-agent-listen-port={ports[2]}",
-            f"--dashboard-agent-grpc-port={ports[3]}", f"--metrics-export-port={ports[4]}",
-            f"--runtime-env-agent-port={ports[5]}", f"--node-manager-port={ports[6]}",
-            f"--object-manager-port={ports[7]}", "--min-worker-port=0", "--max-worker-port=0",
-            "--disable-usage-stats", *(args or []),
-        ]
-        self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
-        self._restarted: list[subprocess.Popen] = []
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.pgid = self.proc.pid  # the group of `ray start` and every daemon it starts
+            *port_flags(("ray-client-server", *NODE_PORTS), ports[1:len(NODE_PORTS) + 2]),
+            f"--num-cpus={num_cpus}", *(args or []),
+        ])
         if not block:
             try:
                 rc = self.proc.wait(timeout=180)
@@ -88,6 +91,19 @@ class LocalHead:
                 log = self.log_text()[-3000:]
                 self.stop()
                 raise RuntimeError(f"ray start --head exited with {rc}:\n{log}")
+
+    def _launch(self, flags: list[str]) -> None:
+        """``ray start FLAGS`` on 127.0.0.1 in ``self.temp_dir``, in a new process group (``self.pgid``:
+        the group of ``ray start`` and every daemon it starts), logging to ``ray_start.log``."""
+        self.cmd = [
+            str(Path(sys.executable).with_name("ray")), "start", *flags, f"--temp-dir={self.temp_dir}",
+            "--node-ip-address=127.0.0.1", "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats",
+        ]
+        self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
+        self._restarted: list[subprocess.Popen] = []
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.pgid = self.proc.pid
 
     @property
     def address(self) -> str:
@@ -187,21 +203,11 @@ class LocalWorker(LocalHead):
                  resources: dict[str, float] | None = None) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="rsw-", dir="/tmp")
         self.env = head.env
-        ray_bin = str(Path(sys.executable).with_name("ray"))
-        self.cmd = [
-            ray_bin, "start", f"--address={head.address}", "--block", f"--temp-dir={self.temp_dir}",
-            "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
-            *(f"--{name}-port={p}" for name, p in zip(
-                ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export", "runtime-env-agent", "node-manager",
-                 "object-manager"), free_ports(6))),
-            "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats",
+        self._launch([
+            f"--address={head.address}", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
+            *port_flags(NODE_PORTS, free_ports(len(NODE_PORTS))),
             *([f"--resources={json.dumps(resources)}"] if resources else []),
-        ]
-        self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115
-        self._restarted = []
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.pgid = self.proc.pid
+        ])
 
 
 def _group_alive(pgid: int) -> bool:
