@@ -201,9 +201,18 @@ def test_vaml_toy_run_writes_the_qnet_and_resumes(tmp_path, ray_session) -> None
     assert any("loss/critic_td" in r for r in records) and any("loss/actor" in r for r in records)
     assert any("qnet/greedy_bleu" in r for r in records)
 
-    res2 = train(cfg(tmp_path / "b", f"algo.qnet_init={tmp_path / 'a'}"))
+    res2 = train(cfg(tmp_path / "b", f"algo.qnet_init={tmp_path / 'a'}", "algo.pq_topk=2"))
     assert res2["qnet"]["source"].startswith("qnet_init")
     assert math.isclose(res2["qnet"]["qnet/valid_td"], res["qnet"]["qnet/valid_td"], rel_tol=1e-4)
+    # step 2's target cut to the Q-net's 2 best tokens: its logged entropy is that target's, and
+    # `rayseq eval RUN --critic` scores the same target
+    from rayseq.evaluation.critic import score_run_critic
+    from rayseq.metrics import CRITIC_TARGET_ENTROPY
+
+    cut = res2["qnet"][CRITIC_TARGET_ENTROPY]
+    assert 0.0 <= cut <= math.log(2) + 1e-6 < res["qnet"][CRITIC_TARGET_ENTROPY]
+    scored = score_run_critic(tmp_path / "b", n_sentences=200)
+    assert math.isclose(scored[CRITIC_TARGET_ENTROPY], cut, rel_tol=1e-5)
 
     with pytest.raises(TrainingError, match="qnet_init"):
         train(cfg(tmp_path / "c", f"algo.qnet_init={tmp_path / 'nowhere'}"))
