@@ -39,6 +39,12 @@ def mask_logits(logits: torch.Tensor, banned: Sequence[int] = BANNED_TOKENS) -> 
     return logits.index_fill(-1, idx, float("-inf"))
 
 
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool ``[..., V]``: True at the ``k`` largest entries of ``scores`` along the last axis (which
+    of tied entries at the cut is kept is unspecified)."""
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(k, dim=-1).indices, True)
+
+
 def teacher_forcing_io(
     tokens: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

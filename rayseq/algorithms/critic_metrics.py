@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from rayseq.algorithms.erac import soft_td_target
-from rayseq.decoding import BANNED_TOKENS
+from rayseq.decoding import BANNED_TOKENS, top_k_mask
 from rayseq.models.base import EOS
 
 
@@ -249,8 +249,7 @@ def boltzmann_entropy(
     if top_k < 0:
         raise ValueError(f"boltzmann_entropy: top_k={top_k} must be >= 0 (0 = every allowed token).")
     if 0 < top_k < int(allowed.sum()):
-        keep = torch.zeros_like(qm, dtype=torch.bool).scatter_(-1, qm.topk(top_k, dim=-1).indices, True)
-        qm = qm.masked_fill(~keep, float("-inf"))
+        qm = qm.masked_fill(~top_k_mask(qm, top_k), float("-inf"))
     if tau == 0:
         ties = (qm == qm.max(-1, keepdim=True).values).sum(-1)  # [N, T]
         h = ties.clamp(min=1).to(qf.dtype).log()  # [N, T]

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from envs.rewards import prefix_bleu_batch, reward_scale
 from rayseq.algorithms.mle import mle_loss, sequence_nll
-from rayseq.decoding import BANNED_TOKENS, mask_logits
+from rayseq.decoding import BANNED_TOKENS, mask_logits, top_k_mask
 from rayseq.models.base import BOS, EOS, PAD
 
 L2_EPS = 1e-8
@@ -664,7 +664,7 @@ def support_signal(signal: torch.Tensor, p: torch.Tensor, logp: torch.Tensor, k:
     ``k`` ≤ 0 or ≥ V: ``signal`` itself."""
     if k <= 0 or k >= signal.size(-1):
         return signal
-    inside = torch.zeros_like(signal, dtype=torch.bool).scatter_(-1, logp.topk(k, dim=-1).indices, True)
+    inside = top_k_mask(logp, k)
     w = torch.where(inside, p, torch.zeros_like(p))
     mean = (w * signal).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
     return torch.where(inside, signal, mean)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from rayseq.algorithms.mle import SupervisedConfig
 from rayseq.algorithms.raml import N_SPECIALS, SAMPLERS, RAMLConfig
+from rayseq.decoding import top_k_mask
 from rayseq.metrics import QNET_GREEDY_BLEU, QNET_VALID_TD
 from rayseq.models.base import BOS, PAD
 
@@ -274,8 +275,7 @@ def qnet_token_targets(q: torch.Tensor, tau: float, exclude: Sequence[int] = (PA
     logits = q.detach().float() if q.dtype not in (torch.float32, torch.float64) else q.detach()
     scaled = (logits / tau).masked_fill(~allowed, float("-inf"))
     if 0 < top_k < int(allowed.sum()):
-        keep = torch.zeros_like(scaled, dtype=torch.bool).scatter_(-1, scaled.topk(top_k, dim=-1).indices, True)
-        scaled = scaled.masked_fill(~keep, float("-inf"))
+        scaled = scaled.masked_fill(~top_k_mask(scaled, top_k), float("-inf"))
     return torch.softmax(scaled, dim=-1)
 
 
