@@ -45,6 +45,16 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(k, dim=-1).indices, True)
 
 
+def keep_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """``scores`` ``[..., V]`` with −inf outside its ``top_k`` largest entries along the last axis
+    (entries already −inf stay so); ``top_k`` 0 or ≥ V: ``scores`` itself."""
+    if top_k < 0:
+        raise ValueError(f"keep_top_k: top_k={top_k} must be >= 0 (0 = every entry).")
+    if top_k == 0 or top_k >= scores.size(-1):
+        return scores
+    return scores.masked_fill(~top_k_mask(scores, top_k), float("-inf"))
+
+
 def teacher_forcing_io(
     tokens: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,9 +72,9 @@ class LocalHead:
     def __init__(self, num_cpus: int = 2, env: dict[str, str] | None = None, args: list[str] | None = None,
                  port: int | None = None, block: bool = True) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="rsh-", dir="/tmp")  # short: unix socket paths
-        ports = [p for p in free_ports(len(NODE_PORTS) + 4) if p != port][:len(NODE_PORTS) + 3]
-        self.port = port or ports.pop()
+        ports = [p for p in free_ports(len(NODE_PORTS) + 3) if p != port]  # dashboard, client, node ports, GCS
         self.dashboard_port = ports[0]
+        self.port = port or ports[len(NODE_PORTS) + 2]
         self.env = ray_env(env)
         self._launch([
             "--head", *(["--block"] if block else []), f"--port={self.port}", "--num-gpus=0",

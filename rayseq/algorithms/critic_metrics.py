@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from rayseq.algorithms.erac import soft_td_target
-from rayseq.decoding import BANNED_TOKENS, top_k_mask
+from rayseq.decoding import BANNED_TOKENS, keep_top_k
 from rayseq.models.base import EOS
 
 
@@ -245,11 +245,7 @@ def boltzmann_entropy(
     mask = mask.bool()
     allowed = _allowed(q.size(-1), exclude, q.device)  # [V]
     qf = q if q.dtype in (torch.float32, torch.float64) else q.float()
-    qm = qf.masked_fill(~allowed, float("-inf"))  # [N, T, V]
-    if top_k < 0:
-        raise ValueError(f"boltzmann_entropy: top_k={top_k} must be >= 0 (0 = every allowed token).")
-    if 0 < top_k < int(allowed.sum()):
-        qm = qm.masked_fill(~top_k_mask(qm, top_k), float("-inf"))
+    qm = keep_top_k(qf.masked_fill(~allowed, float("-inf")), top_k)  # [N, T, V]
     if tau == 0:
         ties = (qm == qm.max(-1, keepdim=True).values).sum(-1)  # [N, T]
         h = ties.clamp(min=1).to(qf.dtype).log()  # [N, T]

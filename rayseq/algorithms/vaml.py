@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from rayseq.algorithms.mle import SupervisedConfig
 from rayseq.algorithms.raml import N_SPECIALS, SAMPLERS, RAMLConfig
-from rayseq.decoding import top_k_mask
+from rayseq.decoding import keep_top_k
 from rayseq.metrics import QNET_GREEDY_BLEU, QNET_VALID_TD
 from rayseq.models.base import BOS, PAD
 
@@ -269,14 +269,9 @@ def qnet_token_targets(q: torch.Tensor, tau: float, exclude: Sequence[int] = (PA
     Returns [..., V] float32/64, detached."""
     if not tau > 0:
         raise ValueError(f"qnet_token_targets: τ={tau} must be > 0.")
-    if top_k < 0:
-        raise ValueError(f"qnet_token_targets: top_k={top_k} must be >= 0 (0 = every token).")
     allowed = _allowed_mask(q.size(-1), exclude, q.device)
     logits = q.detach().float() if q.dtype not in (torch.float32, torch.float64) else q.detach()
-    scaled = (logits / tau).masked_fill(~allowed, float("-inf"))
-    if 0 < top_k < int(allowed.sum()):
-        scaled = scaled.masked_fill(~top_k_mask(scaled, top_k), float("-inf"))
-    return torch.softmax(scaled, dim=-1)
+    return torch.softmax(keep_top_k((logits / tau).masked_fill(~allowed, float("-inf")), top_k), dim=-1)
 
 
 def token_mix(

@@ -369,7 +369,7 @@ def score_run_critic(run_dir: str | os.PathLike[str], n_sentences: int | None = 
     else:
         actor = load_actor(resolve_actor(run_dir, which)).model
         critic_tau = algo.get("critic_tau")
-        metrics = score_critic(model, actor, valid, tau, n, critic_tau=tau if critic_tau is None else float(critic_tau),
+        metrics = score_critic(model, actor, valid, tau, n, critic_tau=None if critic_tau is None else float(critic_tau),  # None: tau
                                target_temperature=float(algo.get("target_temperature", 1.0)),
                                entropy_horizon=str(algo.get("entropy_horizon", "all")),
                                len_slack=int(algo.get("sample_len_slack", 10)), max_len=int(algo.get("max_sample_len", 50)),
